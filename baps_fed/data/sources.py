@@ -1,0 +1,48 @@
+"""Turn a data source named on the command line or in a node config into a dataset.
+
+A source is either a synthetic modality name (``colonoscopy``, ...; ``general`` is the FM's own
+domain) or a folder on disk in one of the real layouts (see ``readers.open_dataset``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from baps_fed.data.general import general_dataset
+from baps_fed.data.modalities import MODALITIES, make_case, synthetic_dataset
+from baps_fed.data.sample import SegmentationDataset
+
+
+def open_source(
+    source: str, n: int = 200, seed: int = 0, scanner: int = 0, layout: str = "auto"
+) -> SegmentationDataset:
+    if source in MODALITIES:
+        return synthetic_dataset(source, n, seed=seed, scanner=scanner)
+    if source == "general":
+        return general_dataset(n, seed0=20_000_000 + seed * n)
+    from baps_fed.data.readers import open_dataset  # real layouts: only when a path is given
+
+    return open_dataset(Path(source), layout=layout)
+
+
+def write_synthetic_site(
+    modality: str, out: Path, n: int, seed: int = 0, scanner: int = 0, size: int = 128
+) -> int:
+    """Write cases in the generic layout (images/NAME.png, masks/NAME.png with 0/255)."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    written = 0
+    for i in tqdm(range(n), desc=f"{modality} -> {out}", unit="img"):
+        case = make_case(modality, i, seed=seed, scanner=scanner, size=size)
+        if case.mask.sum() < 16:
+            continue
+        Image.fromarray(case.image).save(out / "images" / f"{case.name}.png")
+        Image.fromarray(case.mask.astype(np.uint8) * 255).save(out / "masks" / f"{case.name}.png")
+        written += 1
+    return written

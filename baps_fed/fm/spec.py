@@ -1,0 +1,54 @@
+"""FM spec strings: one name for an FM on every command line and node config.
+
+tiny                          the embedded default FM (shipped weights)
+tiny:PATH                     a tiny-format weights file (e.g. a re-pretrained one)
+sam:vit_b|vit_l|vit_h:PATH    a segment-anything checkpoint on local disk
+medsam:PATH                   a MedSAM checkpoint (ViT-B, segment-anything keys)
+grpc://HOST:PORT              a remote FM service (baps-fed fm serve)
+"""
+
+from __future__ import annotations
+
+from baps_fed.fm.base import BlackboxFM
+from baps_fed.fm.sam_batched import BatchedSam
+from baps_fed.fm.sam_checkpoint import load_sam_checkpoint
+from baps_fed.fm.tiny import load_tiny_sam
+from baps_fed.fm.torch_fm import TorchSamFM
+
+
+class FMSpecError(ValueError):
+    pass
+
+
+def load_fm(
+    spec: str, device: str = "cpu", budget_images: int | None = None, multimask: bool = False
+) -> BlackboxFM:
+    """Instantiate the FM a spec string names."""
+    kind, _, rest = spec.partition(":")
+    if kind == "tiny":
+        sam, _ = load_tiny_sam(rest or None)
+        # The tiny FM is trained on the single-mask token only; its multimask tokens are unused.
+        return TorchSamFM(
+            BatchedSam(sam, multimask=False), spec, device, budget_images=budget_images
+        )
+    if kind in ("sam", "medsam"):
+        arch, path = ("vit_b", rest) if kind == "medsam" else rest.partition(":")[::2]
+        if not arch or not path:
+            raise FMSpecError(f"FM spec {spec!r}: expected sam:ARCH:PATH or medsam:PATH")
+        sam = load_sam_checkpoint(path, arch)
+        return TorchSamFM(
+            BatchedSam(sam, multimask=multimask),
+            spec,
+            device,
+            max_batch=8,
+            budget_images=budget_images,
+        )
+    if kind == "grpc":
+        raise FMSpecError(
+            f"FM spec {spec!r}: the gRPC FM client is not available yet in this version; "
+            "use 'tiny' or 'sam:ARCH:PATH'"
+        )
+    raise FMSpecError(
+        f"unknown FM spec {spec!r}; use 'tiny', 'tiny:PATH', 'sam:vit_b|vit_l|vit_h:PATH', "
+        "'medsam:PATH' or 'grpc://HOST:PORT'"
+    )

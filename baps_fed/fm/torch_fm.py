@@ -1,0 +1,42 @@
+"""A black box around a local segment-anything model: the FM a hospital could host itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from baps_fed.fm.base import BlackboxFM
+from baps_fed.fm.sam_batched import BatchedSam
+
+
+class TorchSamFM(BlackboxFM):
+    """Runs a ``BatchedSam`` without gradients, in chunks of ``max_batch`` images."""
+
+    def __init__(
+        self,
+        model: BatchedSam,
+        name: str,
+        device: str = "cpu",
+        max_batch: int = 64,
+        budget_images: int | None = None,
+    ) -> None:
+        super().__init__(budget_images=budget_images)
+        self.model = model.to(device).eval()
+        self.name = name
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+
+    @property
+    def img_size(self) -> int:
+        return self.model.img_size
+
+    @torch.inference_mode()
+    def _segment(self, images: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, images.shape[0], self.max_batch):
+            x = torch.from_numpy(images[i : i + self.max_batch]).to(self.device)
+            x = x.permute(0, 3, 1, 2).float()
+            p = torch.from_numpy(points[i : i + self.max_batch]).to(self.device)
+            lab = torch.from_numpy(labels[i : i + self.max_batch]).to(self.device)
+            out.append(self.model(x, p, lab).float().cpu().numpy())
+        return np.concatenate(out, axis=0)
