@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from baps_fed.data.points import EmptyMaskError, sample_point
-from baps_fed.evaluation import prompt_point
 from baps_fed.data.sample import Sample
+from baps_fed.evaluation import prompt_point
 from baps_fed.metrics import dice_per_image, hd95, iou_per_image
 
 
