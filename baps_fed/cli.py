@@ -27,10 +27,10 @@ def _zero_shot_rows(
     from baps_fed.evaluation import evaluate_fm
     from baps_fed.fm.spec import load_fm
 
-    fm = load_fm(fm_spec)
+    datasets = [open_source(s, n=n, seed=seed, scanner=scanner, layout=layout) for s in sources]
+    fm = load_fm(fm_spec)  # after the data: a wrong path should fail before any model loads
     rows = []
-    for source in sources:
-        ds = open_source(source, n=n, seed=seed, scanner=scanner, layout=layout)
+    for source, ds in zip(sources, datasets, strict=True):
         for p in ds.problems:
             print(f"  {p.path}: {p.reason} ({p.action})", file=sys.stderr)
         rows.append({"data": source, **evaluate_fm(fm, ds, point_seed=seed).summary()})

@@ -1,0 +1,164 @@
+"""numpy <-> protobuf messages of the FM service, checked byte by byte.
+
+Both ends use these functions, so what a client encodes is exactly what the server decodes. The
+decoders trust nothing: every shape, dtype and byte length is checked and a ``RequestError`` says
+what was wrong, which the server returns as INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from baps_fed.fm.base import FMInputError
+
+# Proto enum values (baps_fed_fm.proto, DType); fixed by the .proto, so no generated import here.
+UINT8, INT32, FLOAT16, FLOAT32 = 1, 2, 3, 4
+NUMPY_DTYPES: dict[int, np.dtype] = {
+    UINT8: np.dtype("<u1"),
+    INT32: np.dtype("<i4"),
+    FLOAT16: np.dtype("<f2"),
+    FLOAT32: np.dtype("<f4"),
+}
+DTYPE_NAMES = {UINT8: "uint8", INT32: "int32", FLOAT16: "float16", FLOAT32: "float32"}
+OUTPUT_DTYPES = {"float32": FLOAT32, "float16": FLOAT16}
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class RequestError(FMInputError):
+    """A malformed request (shape, dtype, byte length, PNG); the server answers INVALID_ARGUMENT."""
+
+
+@dataclass
+class DecodedRequest:
+    images: np.ndarray  # uint8 [B,H,W,3]
+    points: np.ndarray  # float32 [B,N,2]
+    labels: np.ndarray | None  # int32 [B,N] or None (all foreground)
+    output_dtype: int  # FLOAT32 or FLOAT16
+
+
+def fill_tensor(msg: Any, array: np.ndarray, dtype: int) -> None:
+    """Write ``array`` as ``dtype`` into a ``Tensor`` message."""
+    arr = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[dtype])
+    msg.shape[:] = list(arr.shape)
+    msg.dtype = dtype
+    msg.data = arr.tobytes()
+
+
+def read_tensor(msg: Any, name: str, dtype: int, ndim: int) -> np.ndarray:
+    """The array in a ``Tensor`` message, after checking its dtype, rank and byte length."""
+    if msg.dtype != dtype:
+        got = DTYPE_NAMES.get(msg.dtype, f"enum value {msg.dtype}")
+        raise RequestError(f"{name} must be {DTYPE_NAMES[dtype]}, got {got}")
+    shape = tuple(int(s) for s in msg.shape)
+    if len(shape) != ndim or any(s < 0 for s in shape):
+        raise RequestError(f"{name} must be a {ndim}-d array, got shape {list(shape)}")
+    itemsize = NUMPY_DTYPES[dtype].itemsize
+    expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+    if len(msg.data) != expected:
+        raise RequestError(
+            f"{name} has {len(msg.data)} bytes but shape {list(shape)} of "
+            f"{DTYPE_NAMES[dtype]} needs {expected}"
+        )
+    return np.frombuffer(msg.data, dtype=NUMPY_DTYPES[dtype]).reshape(shape)
+
+
+def encode_png(image: np.ndarray, compress_level: int = 3) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes, index: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "PNG":
+                raise RequestError(f"image {index} is {im.format}, not PNG")
+            if im.mode != "RGB":
+                raise RequestError(
+                    f"PNG image {index} has mode {im.mode}; send 8-bit RGB images"
+                )
+            return np.asarray(im, dtype=np.uint8)
+    except RequestError:
+        raise
+    except Exception as err:  # PIL raises many types for corrupt or hostile files
+        raise RequestError(f"PNG image {index} cannot be decoded: {err}") from err
+
+
+def fill_images(msg: Any, images: np.ndarray, png: bool) -> None:
+    """Raw uint8 [B,H,W,3] bytes, or one PNG per image."""
+    if png:
+        msg.png.png.extend(encode_png(im) for im in images)
+    else:
+        fill_tensor(msg.raw, images, UINT8)
+
+
+def read_images(msg: Any) -> np.ndarray:
+    which = msg.WhichOneof("payload")
+    if which == "raw":
+        images = read_tensor(msg.raw, "images", UINT8, 4)
+    elif which == "png":
+        if not msg.png.png:
+            raise RequestError("empty query: no PNG images in the batch")
+        decoded = [decode_png(data, i) for i, data in enumerate(msg.png.png)]
+        sizes = {im.shape for im in decoded}
+        if len(sizes) > 1:
+            raise RequestError(
+                f"PNG images of one batch must share H, W; got {sorted(sizes)}: "
+                "resize them or send separate requests"
+            )
+        images = np.stack(decoded)
+    else:
+        raise RequestError("images missing: set images.raw (uint8 [B,H,W,3]) or images.png")
+    if images.shape[-1] != 3:
+        raise RequestError(f"images must have shape [B,H,W,3] (RGB), got {list(images.shape)}")
+    if 0 in images.shape:
+        raise RequestError(f"empty query: images have shape {list(images.shape)}")
+    return images
+
+
+def encode_request(
+    request: Any,
+    images: np.ndarray,
+    points: np.ndarray,
+    labels: np.ndarray | None,
+    png: bool,
+    output_dtype: str,
+) -> Any:
+    """Fill a ``SegmentRequest`` (already validated arrays)."""
+    fill_images(request.images, images, png)
+    fill_tensor(request.points, points, FLOAT32)
+    if labels is not None:
+        fill_tensor(request.labels, labels, INT32)
+    request.output_dtype = OUTPUT_DTYPES[output_dtype]
+    return request
+
+
+def decode_request(request: Any) -> DecodedRequest:
+    images = read_images(request.images)
+    points = read_tensor(request.points, "points", FLOAT32, 3)
+    labels = None
+    if request.HasField("labels"):
+        labels = read_tensor(request.labels, "labels", INT32, 2)
+    out = request.output_dtype or FLOAT32
+    if out not in (FLOAT32, FLOAT16):
+        got = DTYPE_NAMES.get(out, f"enum value {out}")
+        raise RequestError(f"output_dtype must be FLOAT32 or FLOAT16, got {got}")
+    return DecodedRequest(images, points, labels, out)
+
+
+def fill_logits(msg: Any, logits: np.ndarray, dtype: int) -> None:
+    """float32 logits as the requested dtype; float16 is clipped to its finite range."""
+    if dtype == FLOAT16:
+        logits = np.clip(logits, -FLOAT16_MAX, FLOAT16_MAX)
+    fill_tensor(msg, logits, dtype)
+
+
+def read_logits(msg: Any) -> np.ndarray:
+    """float32 [B,H,W] from a response's logits, whatever dtype they travelled in."""
+    dtype = msg.dtype if msg.dtype in (FLOAT16, FLOAT32) else FLOAT32
+    return read_tensor(msg, "logits", dtype, 3).astype(np.float32)

@@ -1,0 +1,43 @@
+"""The shipped default FM: loads with nothing downloaded, good at home, worse on medical data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from baps_fed.data.general import general_dataset
+from baps_fed.data.modalities import MODALITIES, synthetic_dataset
+from baps_fed.evaluation import evaluate_fm
+from baps_fed.fm.spec import load_fm
+from baps_fed.fm.tiny import default_weights_path, load_tiny_sam
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_fm("tiny")
+
+
+def test_weights_are_small_and_say_how_they_were_made():
+    path = default_weights_path()
+    assert path.stat().st_size < 20e6
+    _, meta = load_tiny_sam(path)
+    assert meta["command"].startswith("python simulations/pretrain_tiny_fm.py")
+    assert meta["holdout_dice"] >= 0.85
+
+
+def test_home_domain_is_segmented_well(tiny):
+    ds = general_dataset(64, seed0=30_000_000)
+    assert evaluate_fm(tiny, ds, point_seed=3).dice.mean() >= 0.8
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_medical_modalities_leave_headroom(tiny, modality):
+    dice = evaluate_fm(tiny, synthetic_dataset(modality, 48, seed=5), point_seed=5).dice.mean()
+    assert 0.2 < dice < 0.8
+
+
+def test_same_query_same_logits(tiny):
+    ds = synthetic_dataset("fundus", 4)
+    images = np.stack([s.image for s in ds])
+    points = np.full((4, 1, 2), 64.0)
+    np.testing.assert_array_equal(tiny.segment(images, points), tiny.segment(images, points))
