@@ -84,11 +84,11 @@ def perturbation(
     """Delta for one (master_seed, round, site, step, k): float32 [dim], |entries| ~ U[0.5, 1],
     random signs (BAPS/BlackVIP), k counted from 0.
 
-    Drawn from the raw bit stream of PCG64 seeded by SeedSequence. NumPy guarantees that this
-    stream is the same on every platform and version (unlike Generator's distribution methods,
-    which may change between versions), which is what lets a coordinator replay or audit a
-    site's update from seeds alone. The magnitude uses the top 53 bits of one word (as
-    Generator.random does), the sign the lowest bit of another.
+    Drawn from the raw bit stream of PCG64 seeded by SeedSequence. NumPy keeps that stream
+    identical on every platform (and, by its RNG policy, across versions, unlike Generator's
+    distribution methods), which is what lets a coordinator replay or audit a site's update
+    from seeds alone; a golden-value test guards it. The magnitude uses the top 53 bits of one
+    word (as Generator.random does), the sign the lowest bit of another.
     """
     if dim < 1:
         raise ValueError(f"perturbation dim must be >= 1, got {dim}")

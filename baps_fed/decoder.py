@@ -1,0 +1,221 @@
+"""The IP decoder: (image, point) -> an additive visual prompt, trained only through the FM's outputs.
+
+Frozen parts: the image encoder (``image_encoder.py``) and a random-Fourier point encoder whose
+Gaussian matrix is seeded and stored with the weights (the published code did neither, so its
+decoders could not be reloaded faithfully). Trainable part, two presets:
+
+- ``paper``: BAPS's decoder. The point embedding goes through Linear + LayerNorm + GELU, is
+  concatenated with the image embedding into 21 x 7 x 7, and five ConvTranspose stages
+  (64, 32, 32, 16, 3 channels) upsample it to 224 px (then resized to the image). With the
+  shipped 64-d encoder it has ~530k trainable parameters (305k with CLIP's 512-d embedding).
+- ``basis`` (default): SPSA's variance grows with dimension, so the prompt is a combination of
+  a few fixed maps, low-frequency cosines over the image and Gaussian bumps centred on the
+  point, per colour channel, with coefficients linear in a fixed low-rank projection of the
+  image embedding. 72 trainable parameters by default: image- and point-conditioned, but cheap.
+
+Both zero-initialise their last layer, so step 0 reproduces the zero-shot FM exactly. Weights
+travel as one flat float32 vector (``theta``), which is what SPSA perturbs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.common import LayerNorm2d
+from torch import nn
+from torch.func import functional_call
+
+import baps_fed
+from baps_fed.image_encoder import SmallImageEncoder, load_image_encoder
+from baps_fed.prompting import PIXEL_MEAN, PIXEL_STD
+
+CHECKPOINT_FORMAT = "baps-fed-decoder/1"
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    preset: Literal["basis", "paper"] = "basis"
+    image_size: int = 128  # prompt resolution: the site's (square, letterboxed) image size
+    fourier_dim: int = 256  # Gaussian matrix 2 x fourier_dim -> sin/cos -> 2 * fourier_dim
+    fourier_seed: int = 0
+    # basis preset
+    cosine_grid: int = 2  # cosine maps with frequencies 0..grid-1 per axis (grid^2 maps)
+    bump_sigmas: tuple[float, ...] = field(default=(0.06, 0.18))  # fractions of the image side
+    feature_rank: int = 3
+    projection_seed: int = 1
+
+
+@dataclass(frozen=True)
+class DecoderInputs:
+    """What the frozen encoders make of a batch, computed once and reused for every theta."""
+
+    image_embedding: torch.Tensor  # [B, F]
+    point_embedding: torch.Tensor  # [B, 2 * fourier_dim]
+    points01: torch.Tensor  # [B, 2] point (x, y) in [0, 1] of the image side
+
+
+class _PaperHead(nn.Module):
+    def __init__(self, image_dim: int, point_dim: int) -> None:
+        super().__init__()
+        width = 21 * 7 * 7
+        self.point_mlp = nn.Sequential(
+            nn.Linear(point_dim, width - image_dim), nn.LayerNorm(width - image_dim), nn.GELU()
+        )
+        chans = (21, 64, 32, 32, 16, 3)
+        stages: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
+            stages += [nn.ConvTranspose2d(cin, cout, 2, 2), nn.ConvTranspose2d(cout, cout, 1)]
+            if i < len(chans) - 2:  # the last stage ends linear: it must be able to output 0
+                stages += [LayerNorm2d(cout), nn.GELU()]
+        self.up = nn.Sequential(*stages)
+        nn.init.zeros_(self.up[-1].weight)
+        nn.init.zeros_(self.up[-1].bias)
+
+    def forward(self, inputs: DecoderInputs) -> torch.Tensor:
+        x = torch.cat([self.point_mlp(inputs.point_embedding), inputs.image_embedding], dim=1)
+        return self.up(x.view(-1, 21, 7, 7))  # [B, 3, 224, 224]
+
+
+class IPDecoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig, encoder: SmallImageEncoder, encoder_id: str) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.encoder_id = encoder_id
+        g = torch.Generator().manual_seed(cfg.fourier_seed)
+        self.register_buffer("fourier", torch.randn(2, cfg.fourier_dim, generator=g))
+        g = torch.Generator().manual_seed(cfg.projection_seed)
+        self.register_buffer("projection", torch.randn(encoder.dim, cfg.feature_rank, generator=g))
+        if cfg.preset == "paper":
+            self.head: nn.Module = _PaperHead(encoder.dim, 2 * cfg.fourier_dim)
+        elif cfg.preset == "basis":
+            n_maps = cfg.cosine_grid**2 + len(cfg.bump_sigmas)
+            self.head = nn.ParameterDict(
+                {"coef": nn.Parameter(torch.zeros(3 * n_maps, cfg.feature_rank + 1))}
+            )
+        else:
+            raise ValueError(f"unknown decoder preset {cfg.preset!r}; use 'basis' or 'paper'")
+        self._names = [n for n, _ in self.head.named_parameters()]
+        self._shapes = [p.shape for _, p in self.head.named_parameters()]
+
+    # -- the flat trainable vector SPSA works on ------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.head.parameters())
+
+    def get_theta(self) -> np.ndarray:
+        return nn.utils.parameters_to_vector(self.head.parameters()).detach().numpy().copy()
+
+    def set_theta(self, theta: np.ndarray) -> None:
+        nn.utils.vector_to_parameters(
+            torch.as_tensor(theta, dtype=torch.float32), self.head.parameters()
+        )
+
+    def _unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, i = {}, 0
+        for name, shape in zip(self._names, self._shapes, strict=True):
+            n = math.prod(shape)
+            out[name] = theta[i : i + n].view(shape)
+            i += n
+        return out
+
+    # -- frozen encoders ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: np.ndarray, points: np.ndarray) -> DecoderInputs:
+        """uint8 images [B,H,W,3] and points [B,1,2] pixel (x, y) -> frozen embeddings."""
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        h, w = images.shape[1:3]
+        p01 = torch.from_numpy(np.asarray(points, np.float32)[:, 0]) / torch.tensor([w, h])
+        proj = (2 * p01 - 1) @ self.fourier * (2 * math.pi)
+        return DecoderInputs(self.encoder(x), torch.cat([proj.sin(), proj.cos()], 1), p01)
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def _basis_maps(self, points01: torch.Tensor) -> torch.Tensor:
+        """[B, n_maps, S, S]: cosines (same for every image) then point-centred bumps."""
+        s, cfg = self.cfg.image_size, self.cfg
+        t = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+        freqs = torch.arange(cfg.cosine_grid, dtype=torch.float32)
+        c = torch.cos(math.pi * freqs[:, None] * t[None])  # [grid, S]
+        cos_maps = (c[:, None, :, None] * c[None, :, None, :]).reshape(-1, s, s)
+        b = points01.shape[0]
+        dx = t[None, None, :] - points01[:, 0, None, None]
+        dy = t[None, :, None] - points01[:, 1, None, None]
+        r2 = dx**2 + dy**2  # [B, S, S]
+        bumps = [torch.exp(-r2 / (2 * sig**2)) for sig in cfg.bump_sigmas]
+        return torch.cat([cos_maps.expand(b, -1, -1, -1), torch.stack(bumps, 1)], 1)
+
+    def prompts(self, thetas: np.ndarray, inputs: DecoderInputs) -> np.ndarray:
+        """Prompts [T, B, 3, S, S] (normalised units) for T weight vectors [T, D] (or [D])."""
+        thetas_t = torch.as_tensor(np.atleast_2d(thetas), dtype=torch.float32)
+        with torch.no_grad():
+            if self.cfg.preset == "basis":
+                out = self._basis_prompts(thetas_t, inputs)
+            else:
+                out = torch.stack([self._paper_prompt(th, inputs) for th in thetas_t])
+        return out.numpy()
+
+    def _basis_prompts(self, thetas: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
+        e = inputs.image_embedding
+        z = (e / (e.norm(dim=1, keepdim=True) + 1e-8)) @ self.projection  # [B, r], ~N(0, 1)
+        feats = torch.cat([torch.ones_like(z[:, :1]), z], 1)  # [B, r + 1]
+        coef = thetas.view(thetas.shape[0], -1, feats.shape[1])  # [T, 3 * n_maps, r + 1]
+        per_image = torch.einsum("tkr,br->tbk", coef, feats)  # [T, B, 3 * n_maps]
+        maps = self._basis_maps(inputs.points01)  # [B, n_maps, S, S]
+        per_image = per_image.view(*per_image.shape[:2], 3, maps.shape[1])
+        return torch.einsum("tbcm,bmhw->tbchw", per_image, maps)
+
+    def _paper_prompt(self, theta: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
+        out = functional_call(self.head, self._unflatten(theta), (inputs,))
+        s = self.cfg.image_size
+        return F.interpolate(out, (s, s), mode="bilinear", align_corners=False) if s != 224 else out
+
+
+def build_decoder(
+    cfg: DecoderConfig = DecoderConfig(), encoder_path: Path | None = None
+) -> IPDecoder:
+    encoder, encoder_id = load_image_encoder(encoder_path)
+    return IPDecoder(cfg, encoder, encoder_id)
+
+
+def save_decoder(path: Path, decoder: IPDecoder, extra: dict | None = None) -> None:
+    """Everything needed to reload the decoder exactly, plus the run's config and code version."""
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(decoder.cfg),
+            "theta": torch.from_numpy(decoder.get_theta()),
+            "fourier": decoder.fourier.clone(),
+            "projection": decoder.projection.clone(),
+            "encoder": decoder.encoder_id,
+            "image_size": decoder.cfg.image_size,
+            "normalisation": {"mean": PIXEL_MEAN.tolist(), "std": PIXEL_STD.tolist()},
+            "code_version": baps_fed.__version__,
+            "extra": extra or {},
+        },
+        path,
+    )
+
+
+def load_decoder(path: Path, encoder_path: Path | None = None) -> tuple[IPDecoder, dict]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a baps-fed decoder checkpoint ({CHECKPOINT_FORMAT})")
+    cfg_dict = dict(blob["config"])
+    cfg_dict["bump_sigmas"] = tuple(cfg_dict["bump_sigmas"])
+    decoder = build_decoder(DecoderConfig(**cfg_dict), encoder_path)
+    if decoder.encoder_id != blob["encoder"]:
+        raise ValueError(
+            f"{path} was trained with image encoder {blob['encoder']}, but this installation "
+            f"has {decoder.encoder_id}; install the baps-fed version that made it "
+            f"({blob['code_version']}) or pass that encoder's weights"
+        )
+    decoder.fourier.copy_(blob["fourier"])
+    decoder.projection.copy_(blob["projection"])
+    decoder.set_theta(blob["theta"].numpy())
+    return decoder, blob["extra"]
