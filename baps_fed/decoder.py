@@ -1,4 +1,4 @@
-"""The IP decoder: (image, point) -> an additive visual prompt, trained only through the FM's outputs.
+"""The IP decoder: (image, point) -> an additive visual prompt, trained through FM outputs only.
 
 Frozen parts: the image encoder (``image_encoder.py``) and a random-Fourier point encoder whose
 Gaussian matrix is seeded and stored with the weights (the published code did neither, so its

@@ -1,6 +1,6 @@
 """Pretrain the IP decoder's frozen image encoder as an autoencoder on general-domain scenes.
 
-    python simulations/pretrain_image_encoder.py --steps 1500 --out baps_fed/weights/image_encoder.pt
+    python simulations/pretrain_image_encoder.py --steps 1500
 
 The encoder must summarise an image's appearance (colour, contrast, layout) so the IP decoder
 can condition its prompt on it. An autoencoder that rebuilds a 32x32 thumbnail from the 64-d
