@@ -12,6 +12,8 @@ decoders could not be reloaded faithfully). Trainable part, two presets:
   a few fixed maps, low-frequency cosines over the image and Gaussian bumps centred on the
   point, per colour channel, with coefficients linear in a fixed low-rank projection of the
   image embedding. 72 trainable parameters by default: image- and point-conditioned, but cheap.
+- ``vp``: the visual-prompting baseline, one input-independent prompt (a 3 x g x g grid,
+  upsampled; g = 1 is a global colour shift of 3 parameters).
 
 Both zero-initialise their last layer, so step 0 reproduces the zero-shot FM exactly. Weights
 travel as one flat float32 vector (``theta``), which is what SPSA perturbs.
@@ -40,7 +42,7 @@ CHECKPOINT_FORMAT = "baps-fed-decoder/1"
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    preset: Literal["basis", "paper"] = "basis"
+    preset: Literal["basis", "paper", "vp"] = "basis"
     image_size: int = 128  # prompt resolution: the site's (square, letterboxed) image size
     fourier_dim: int = 256  # Gaussian matrix 2 x fourier_dim -> sin/cos -> 2 * fourier_dim
     fourier_seed: int = 0
@@ -49,6 +51,8 @@ class DecoderConfig:
     bump_sigmas: tuple[float, ...] = field(default=(0.06, 0.18))  # fractions of the image side
     feature_rank: int = 3
     projection_seed: int = 1
+    # vp preset (the visual-prompting baseline): grid 1 is a global colour shift (3 parameters)
+    vp_grid: int = 4
 
 
 @dataclass(frozen=True)
@@ -94,13 +98,17 @@ class IPDecoder(nn.Module):
         self.register_buffer("projection", torch.randn(encoder.dim, cfg.feature_rank, generator=g))
         if cfg.preset == "paper":
             self.head: nn.Module = _PaperHead(encoder.dim, 2 * cfg.fourier_dim)
+        elif cfg.preset == "vp":  # input-independent: a 3 x g x g grid, bilinearly upsampled
+            self.head = nn.ParameterDict(
+                {"grid": nn.Parameter(torch.zeros(3, cfg.vp_grid, cfg.vp_grid))}
+            )
         elif cfg.preset == "basis":
             n_maps = cfg.cosine_grid**2 + len(cfg.bump_sigmas)
             self.head = nn.ParameterDict(
                 {"coef": nn.Parameter(torch.zeros(3 * n_maps, cfg.feature_rank + 1))}
             )
         else:
-            raise ValueError(f"unknown decoder preset {cfg.preset!r}; use 'basis' or 'paper'")
+            raise ValueError(f"unknown decoder preset {cfg.preset!r}; use basis, paper or vp")
         self._names = [n for n, _ in self.head.named_parameters()]
         self._shapes = [p.shape for _, p in self.head.named_parameters()]
 
@@ -152,13 +160,21 @@ class IPDecoder(nn.Module):
 
     def prompts(self, thetas: np.ndarray, inputs: DecoderInputs) -> np.ndarray:
         """Prompts [T, B, 3, S, S] (normalised units) for T weight vectors [T, D] (or [D])."""
-        thetas_t = torch.as_tensor(np.atleast_2d(thetas), dtype=torch.float32)
         with torch.no_grad():
-            if self.cfg.preset == "basis":
-                out = self._basis_prompts(thetas_t, inputs)
-            else:
-                out = torch.stack([self._paper_prompt(th, inputs) for th in thetas_t])
+            out = self.prompt_tensor(torch.as_tensor(np.atleast_2d(thetas)), inputs)
         return out.numpy()
+
+    def prompt_tensor(self, thetas: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
+        """Differentiable in ``thetas`` [T, D] (the white-box oracle back-propagates through it)."""
+        thetas = thetas.float()
+        if self.cfg.preset == "basis":
+            return self._basis_prompts(thetas, inputs)
+        if self.cfg.preset == "vp":
+            g, s = self.cfg.vp_grid, self.cfg.image_size
+            grid = thetas.view(-1, 3, g, g)
+            full = F.interpolate(grid, (s, s), mode="bilinear", align_corners=False)
+            return full[:, None].expand(-1, inputs.points01.shape[0], -1, -1, -1)
+        return torch.stack([self._paper_prompt(th, inputs) for th in thetas])
 
     def _basis_prompts(self, thetas: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
         e = inputs.image_embedding

@@ -43,3 +43,38 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> float:
 
 def hd95_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.array([hd95(p, t) for p, t in zip(pred, target, strict=True)])
+
+
+# Smooth per-image losses on FM logits (numpy: the black box returns arrays). SPSA needs a loss
+# that moves with small prompt changes: never Dice of thresholded masks.
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * logits))  # overflow-free
+
+
+def soft_dice_loss(logits: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """1 - (2 sum(y p) + 1) / (sum(y + p) + 1) per image, as BAPS uses it."""
+    p, y = _sigmoid(logits.astype(np.float64)), masks.astype(np.float64)
+    inter = (p * y).sum((-2, -1))
+    return 1 - (2 * inter + 1) / (p.sum((-2, -1)) + y.sum((-2, -1)) + 1)
+
+
+def bce_loss(logits: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    x, y = logits.astype(np.float64), masks.astype(np.float64)
+    per_pixel = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    return per_pixel.mean((-2, -1))
+
+
+def focal_loss(
+    logits: np.ndarray, masks: np.ndarray, gamma: float = 2.0, alpha: float = 0.25
+) -> np.ndarray:
+    x, y = logits.astype(np.float64), masks.astype(np.float64)
+    p = _sigmoid(x)
+    ce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    p_t = p * y + (1 - p) * (1 - y)
+    a_t = alpha * y + (1 - alpha) * (1 - y)
+    return (a_t * (1 - p_t) ** gamma * ce).mean((-2, -1))
+
+
+LOSSES = {"dice": soft_dice_loss, "bce": bce_loss, "focal": focal_loss}

@@ -100,3 +100,16 @@ def test_small_prompts_vanish_in_the_uint8_cast_and_larger_ones_survive():
     two_levels = np.full((1, 3, 4, 4), 2 / 58.0, np.float32)
     assert (apply_prompt(images, two_levels).astype(int) - 100 == 2).all()
     assert grey_levels(0.05) == pytest.approx(2.9, abs=0.05)
+
+
+def test_vp_is_input_independent_and_differentiable():
+    dec = IPDecoder(DecoderConfig(preset="vp", vp_grid=1), SmallImageEncoder(), "test")
+    assert dec.num_params == 3
+    images, points = _batch()
+    theta = torch.tensor([[0.1, -0.2, 0.3]], requires_grad=True)
+    out = dec.prompt_tensor(theta, dec.encode(images, points))
+    assert out.shape == (1, 3, 3, 128, 128)
+    assert torch.allclose(out[0, 0], out[0, 2])
+    assert torch.allclose(out[0, 1, 1], torch.full((128, 128), -0.2))
+    out.sum().backward()
+    assert theta.grad is not None and (theta.grad != 0).all()

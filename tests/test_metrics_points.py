@@ -60,3 +60,22 @@ def test_evaluation_point_depends_only_on_seed_and_name():
     s = Sample(np.zeros((20, 20, 3), np.uint8), mask, "case-1")
     np.testing.assert_array_equal(prompt_point(s, 0), prompt_point(s, 0))
     assert not np.array_equal(prompt_point(s, 0), prompt_point(s, 1))
+
+
+def test_losses_match_torch_and_order_good_over_bad_predictions():
+    import torch
+    import torch.nn.functional as F
+
+    from baps_fed.metrics import LOSSES, bce_loss, soft_dice_loss
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((2, 8, 8)) > 0.5
+    logits = rng.normal(0, 3, (2, 8, 8))
+    ref = F.binary_cross_entropy_with_logits(
+        torch.tensor(logits), torch.tensor(masks, dtype=torch.float64), reduction="none"
+    ).mean((1, 2))
+    np.testing.assert_allclose(bce_loss(logits, masks), ref.numpy(), rtol=1e-10)
+    good, bad = np.where(masks, 5.0, -5.0), np.where(masks, -5.0, 5.0)
+    for loss in LOSSES.values():
+        assert (loss(good, masks) < loss(bad, masks)).all()
+    assert soft_dice_loss(np.full((1, 4, 4), 50.0), np.ones((1, 4, 4), bool))[0] < 1e-6
