@@ -64,6 +64,133 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fm_serve(args: argparse.Namespace) -> int:
+    from baps_fed.fm.service.server import ServeConfig, serve
+
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tokens=args.tokens,
+        metering=args.metering,
+        metering_interval_s=args.metering_interval_s,
+        max_message_mb=args.max_message_mb,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        workers=args.workers,
+        grace_s=args.grace_s,
+    )
+    return serve(args.fm, config, device=args.device)
+
+
+def _add_fm_commands(sub: argparse._SubParsersAction) -> None:
+    fm = sub.add_parser("fm", help="the foundation model as a shared service")
+    fm_sub = fm.add_subparsers(dest="fm_command", required=True)
+    p = fm_sub.add_parser(
+        "serve",
+        help="serve an FM as a black box over gRPC (sites use --fm grpc://HOST:PORT)",
+        description="Serve an FM over gRPC until SIGTERM/SIGINT, then finish in-flight requests.",
+    )
+    p.add_argument("--fm", default="tiny", help="FM spec to serve: tiny | sam:vit_b:PATH | ...")
+    p.add_argument("--device", default="cpu", help="torch device for the FM (cpu, cuda, ...)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    p.add_argument("--tls-cert", type=Path, help="PEM server certificate (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tokens",
+        type=Path,
+        help="TOML/JSON tokens file: [[client]] name, token, quota_images, rate_images_per_s "
+        "(see baps_fed/fm/service/tokens.py); without it the service is open",
+    )
+    p.add_argument("--metering", type=Path, help="per-client usage JSON (read back at start)")
+    p.add_argument("--metering-interval-s", type=float, default=10.0)
+    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request/reply")
+    p.add_argument("--max-batch", type=int, default=16, help="most images per FM call (1: off)")
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="longest wait to merge requests"
+    )
+    p.add_argument("--workers", type=int, default=32, help="request-handler threads")
+    p.add_argument("--grace-s", type=float, default=30.0, help="drain time at shutdown")
+    p.set_defaults(func=_cmd_fm_serve)
+
+
+def _train_config(args: argparse.Namespace):
+    from baps_fed.train import StepConfig, TrainConfig
+    from baps_fed.zoo import GeassConfig, SpsaConfig
+
+    spsa = SpsaConfig(
+        sp_avg=args.sp_avg,
+        c=args.c,
+        lr=args.lr,
+        schedule=args.schedule,
+        beta=args.beta,
+        update=args.update,
+    )
+    step = StepConfig(
+        batch_size=args.batch, loss=args.loss, spsa=spsa, geass=GeassConfig(enabled=args.geass)
+    )
+    return TrainConfig(
+        steps=args.steps,
+        val_every=args.val_every,
+        seed=args.seed,
+        target_grey=args.target_grey,
+        step=step,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from baps_fed.data.sources import open_source
+    from baps_fed.decoder import DecoderConfig, build_decoder
+    from baps_fed.fm.spec import load_fm
+    from baps_fed.single_site import print_comparison, run_training
+
+    dec_cfg = DecoderConfig(preset=args.preset, vp_grid=args.vp_grid)
+    data = open_source(
+        args.data,
+        n=args.n,
+        seed=args.seed,
+        scanner=args.scanner,
+        layout=args.layout,
+        size=dec_cfg.image_size,
+    )
+    fm = load_fm(args.fm, budget_images=args.budget)
+    decoder = build_decoder(dec_cfg)
+    result, summary = run_training(
+        decoder, fm, data, _train_config(args), args.out, resume=args.resume
+    )
+    print(
+        f"stopped: {result.stopped}; FM image-queries: {result.fm_images_train} training, "
+        f"{result.fm_images_val} validation"
+    )
+    print_comparison(summary["test"])
+    print(f"run folder: {args.out} (report: {args.out / 'report.md'})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from baps_fed.data.sources import open_source
+    from baps_fed.fm.spec import load_fm
+    from baps_fed.single_site import print_comparison, run_evaluation
+
+    data = open_source(
+        args.data, n=args.n, seed=args.seed, scanner=args.scanner, layout=args.layout, size=128
+    )
+    result = run_evaluation(args.checkpoint, load_fm(args.fm), data, args.seed, args.split)
+    print_comparison(result)
+    return 0
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="synthetic modality name or a data folder")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--n", type=int, default=400, help="synthetic cases")
+    p.add_argument("--scanner", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fm", default="tiny")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="baps-fed", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -78,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_data)
 
     p = sub.add_parser("zero-shot", help="Dice/IoU/HD95 of an FM with one positive point")
-    p.add_argument("--fm", default="tiny", help="FM spec: tiny | sam:vit_b:PATH | medsam:PATH")
+    p.add_argument(
+        "--fm", default="tiny", help="FM spec: tiny | sam:vit_b:PATH | medsam:PATH | grpc://..."
+    )
     p.add_argument(
         "--data",
         nargs="+",
@@ -94,11 +223,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the table as JSON")
     p.set_defaults(func=_cmd_zero_shot)
 
+    p = sub.add_parser("train", help="single-site BAPS: train the IP decoder with SPSA")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--preset", default="basis", choices=["basis", "paper", "vp"])
+    p.add_argument("--vp-grid", type=int, default=4, help="vp preset: 3 x g x g prompt")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--sp-avg", type=int, default=5, help="K perturbations per step")
+    p.add_argument("--update", default="sign", choices=["raw", "sign", "normalized"])
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--schedule", default="constant", choices=["baps", "blackvip", "constant"])
+    p.add_argument("--beta", type=float, default=0.4, help="momentum correction")
+    p.add_argument("--c", type=float, default=0.01, help="used when --target-grey is 0")
+    p.add_argument(
+        "--target-grey",
+        type=float,
+        default=3.0,
+        help="perturbation size in grey levels at the FM input (0: use --c)",
+    )
+    p.add_argument("--loss", default="dice", choices=["dice", "bce", "focal"])
+    p.add_argument("--geass", action="store_true", help="SPSA-GEASS strikes")
+    p.add_argument("--val-every", type=int, default=50)
+    p.add_argument("--budget", type=int, default=None, help="FM image-query budget")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="zero-shot vs a trained decoder on a test split")
+    _add_data_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.set_defaults(func=_cmd_evaluate)
+
     p = sub.add_parser("simulate", help="the default multi-site scenario")
     p.add_argument("--fm", default="tiny")
     p.add_argument("--n", type=int, default=100, help="synthetic cases per site")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_simulate)
+
+    _add_fm_commands(sub)
     return ap
 
 
@@ -106,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"baps-fed {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -10,12 +10,18 @@ checkpoint takes the same next step as one that never stopped.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from baps_fed.data.points import PointMode, sample_point
-from baps_fed.decoder import IPDecoder
+from baps_fed.data.sample import SegmentationDataset
+from baps_fed.decoder import IPDecoder, save_decoder
+from baps_fed.evaluation import evaluate_fm
 from baps_fed.fm.base import BlackboxFM, QueryBudgetExceeded
 from baps_fed.metrics import LOSSES
 from baps_fed.prompting import apply_prompt, grey_levels
@@ -144,3 +150,187 @@ def _query(
             error = f"FM call failed: {type(err).__name__}: {err}"
             logger.warning(error)
     return None, error
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole single-site run: validation, checkpoints, resume, query accounting
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    val_every: int = 100
+    seed: int = 0
+    site: int = 0
+    target_grey: float = 3.0  # c moves the prompt by this many grey levels; 0: spsa.c as given
+    step: StepConfig = field(default_factory=StepConfig)
+
+
+@dataclass
+class TrainResult:
+    theta: np.ndarray  # the best weights on validation
+    best_val_dice: float
+    zero_shot_val_dice: float
+    history: list[dict]
+    stopped: str  # "done", or why the run ended early
+    fm_images_train: int
+    fm_images_val: int
+
+
+def prompt_fn(
+    decoder: IPDecoder, theta: np.ndarray
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """images, points -> the prompted uint8 images the FM receives (for evaluation)."""
+
+    def apply(images: np.ndarray, points: np.ndarray) -> np.ndarray:
+        return apply_prompt(images, decoder.prompts(theta, decoder.encode(images, points))[0])
+
+    return apply
+
+
+def _state_to_record(state: SpsaState) -> dict:
+    return {
+        k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+        for k, v in state.to_dict().items()
+    }
+
+
+def _state_from_record(record: dict) -> SpsaState:
+    return SpsaState.from_dict(
+        {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
+    )
+
+
+def _save(
+    path: Path,
+    decoder: IPDecoder,
+    theta: np.ndarray,
+    state: SpsaState,
+    cfg: TrainConfig,
+    history: list[dict],
+    best: float,
+    zero_shot: float,
+) -> None:
+    decoder.set_theta(theta)
+    tmp = path.with_suffix(".tmp")
+    save_decoder(
+        tmp,
+        decoder,
+        {
+            "spsa_state": _state_to_record(state),
+            "train_config": asdict(cfg),
+            "history": history,
+            "best_val_dice": best,
+            "zero_shot_val_dice": zero_shot,
+        },
+    )
+    tmp.replace(path)  # atomic: a crash mid-write never loses the previous checkpoint
+
+
+def train_site(
+    decoder: IPDecoder,
+    fm: BlackboxFM,
+    train: SegmentationDataset,
+    val: SegmentationDataset,
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the decoder with SPSA on ``train``, validating on ``val``; writes run_dir/checkpoints.
+
+    With ``resume``, continues from run_dir/checkpoints/last.pt: the next step is the one the
+    interrupted run would have taken (batches and perturbations depend only on the step).
+    """
+    ckpt = run_dir / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    images = np.stack([s.image for s in train])
+    masks = np.stack([s.mask for s in train])
+    key = SeedKey(cfg.seed, 0, cfg.site)
+    val_images = 0
+
+    def validate(theta: np.ndarray) -> float:
+        nonlocal val_images
+        before = fm.meter.images
+        dice = evaluate_fm(fm, val, point_seed=cfg.seed, prompt=prompt_fn(decoder, theta)).dice
+        val_images += fm.meter.images - before
+        return float(dice.mean())
+
+    if resume and (ckpt / "last.pt").is_file():
+        blob = torch.load(ckpt / "last.pt", map_location="cpu", weights_only=True)["extra"]
+        cfg = replace(_config_from_dict(blob["train_config"]), steps=cfg.steps)  # may extend
+        theta, state = decoder_theta(ckpt / "last.pt"), _state_from_record(blob["spsa_state"])
+        history, best, zero_shot = (
+            blob["history"],
+            blob["best_val_dice"],
+            blob["zero_shot_val_dice"],
+        )
+        best_theta = decoder_theta(ckpt / "best.pt")
+    else:
+        if cfg.target_grey > 0:
+            c = calibrate_c(decoder, cfg.target_grey, seed=cfg.seed)
+            cfg = replace(cfg, step=replace(cfg.step, spsa=replace(cfg.step.spsa, c=c)))
+        theta, state, history = decoder.get_theta(), SpsaState(), []
+        zero_shot = best = validate(theta)
+        best_theta = theta
+        history.append({"step": 0, "val_dice": best, "fm_images": 0})
+        _save(ckpt / "best.pt", decoder, theta, state, cfg, history, best, zero_shot)
+    train_images = 0
+    stopped = "done"
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        disable=not progress,
+        unit="step",
+        desc=f"train {train.name}",
+    )
+    while state.step < cfg.steps:
+        try:
+            res = spsa_step(decoder, fm, images, masks, theta, state, cfg.step, key)
+        except QueryBudgetExceeded as err:
+            stopped = f"query budget reached: {err}"
+            break
+        theta, state = res.theta, res.state
+        train_images += res.fm_images
+        row = {
+            "step": state.step,
+            "loss": res.loss,
+            "grad_norm": res.info.grad_norm,
+            "lr": res.info.lr,
+            "c": res.info.c,
+            "skipped": res.failure or "",
+            "fm_images": train_images,
+        }
+        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+            try:
+                row["val_dice"] = validate(theta)
+            except QueryBudgetExceeded as err:
+                stopped = f"query budget reached during validation: {err}"
+                history.append(row)
+                break
+            if row["val_dice"] > best:
+                best, best_theta = row["val_dice"], theta
+                _save(
+                    ckpt / "best.pt", decoder, theta, state, cfg, history + [row], best, zero_shot
+                )
+            _save(ckpt / "last.pt", decoder, theta, state, cfg, history + [row], best, zero_shot)
+            bar.set_postfix(
+                loss=f"{res.loss:.3f}", val=f"{row['val_dice']:.3f}", best=f"{best:.3f}"
+            )
+        history.append(row)
+        bar.update(1)
+    bar.close()
+    _save(ckpt / "last.pt", decoder, theta, state, cfg, history, best, zero_shot)
+    decoder.set_theta(best_theta)
+    return TrainResult(best_theta, best, zero_shot, history, stopped, train_images, val_images)
+
+
+def decoder_theta(path: Path) -> np.ndarray:
+    return torch.load(path, map_location="cpu", weights_only=True)["theta"].numpy()
+
+
+def _config_from_dict(d: dict) -> TrainConfig:
+    s = dict(d["step"])
+    step = StepConfig(**{**s, "spsa": SpsaConfig(**s["spsa"]), "geass": GeassConfig(**s["geass"])})
+    return TrainConfig(**{**d, "step": step})

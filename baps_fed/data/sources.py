@@ -26,7 +26,7 @@ def open_source(
         return general_dataset(n, seed0=20_000_000 + seed * n)
     from baps_fed.data.readers import open_dataset  # real layouts: only when a path is given
 
-    return open_dataset(Path(source), layout=layout)
+    return open_dataset(Path(source), layout=layout, size=size)
 
 
 def write_synthetic_site(
