@@ -18,8 +18,14 @@ from baps_fed.data.sample import SegmentationDataset
 
 
 def open_source(
-    source: str, n: int = 200, seed: int = 0, scanner: int = 0, layout: str = "auto"
+    source: str,
+    n: int = 200,
+    seed: int = 0,
+    scanner: int = 0,
+    layout: str = "auto",
+    size: int | None = None,
 ) -> SegmentationDataset:
+    """``size``: letterbox real images to size x size (synthetic cases are already 128 px)."""
     if source in MODALITIES:
         return synthetic_dataset(source, n, seed=seed, scanner=scanner)
     if source == "general":
