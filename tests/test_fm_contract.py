@@ -73,7 +73,9 @@ def test_labels_must_be_binary(fm):
         fm.segment(images, points, np.full((3, 1), 2))
 
 
-@pytest.mark.parametrize("spec", ["nonsense", "sam:vit_b", "grpc://127.0.0.1:1"])
+@pytest.mark.parametrize(
+    "spec", ["nonsense", "sam:vit_b", "grpc://127.0.0.1", "grpc://127.0.0.1:1?colour=red"]
+)
 def test_bad_specs_say_what_to_use(spec):
     with pytest.raises(FMSpecError):
         load_fm(spec)

@@ -4,7 +4,9 @@ tiny                          the embedded default FM (shipped weights)
 tiny:PATH                     a tiny-format weights file (e.g. a re-pretrained one)
 sam:vit_b|vit_l|vit_h:PATH    a segment-anything checkpoint on local disk
 medsam:PATH                   a MedSAM checkpoint (ViT-B, segment-anything keys)
-grpc://HOST:PORT              a remote FM service (baps-fed fm serve)
+grpc://HOST:PORT[?OPTIONS]    a remote FM service (baps-fed fm serve); OPTIONS such as
+                              token_env=VAR, tls_ca=PATH, dtype=float16, png=1 are listed in
+                              baps_fed/fm/service/client.py
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ def load_fm(
             budget_images=budget_images,
         )
     if kind == "grpc":
-        raise FMSpecError(
-            f"FM spec {spec!r}: the gRPC FM client is not available yet in this version; "
-            "use 'tiny' or 'sam:ARCH:PATH'"
-        )
+        from baps_fed.fm.service.client import GrpcFM, GrpcSpecError
+
+        try:  # device and multimask are the server's business
+            return GrpcFM.from_spec(spec, budget_images=budget_images)
+        except GrpcSpecError as err:
+            raise FMSpecError(str(err)) from err
     raise FMSpecError(
         f"unknown FM spec {spec!r}; use 'tiny', 'tiny:PATH', 'sam:vit_b|vit_l|vit_h:PATH', "
-        "'medsam:PATH' or 'grpc://HOST:PORT'"
+        "'medsam:PATH' or 'grpc://HOST:PORT[?token_env=VAR&tls_ca=PATH&...]'"
     )

@@ -64,12 +64,15 @@ def read_tensor(msg: Any, name: str, dtype: int, ndim: int) -> np.ndarray:
             f"{name} has {len(msg.data)} bytes but shape {list(shape)} of "
             f"{DTYPE_NAMES[dtype]} needs {expected}"
         )
-    return np.frombuffer(msg.data, dtype=NUMPY_DTYPES[dtype]).reshape(shape)
+    # A writable copy: torch refuses to wrap read-only buffers without a warning.
+    return np.frombuffer(msg.data, dtype=NUMPY_DTYPES[dtype]).reshape(shape).copy()
 
 
 def encode_png(image: np.ndarray, compress_level: int = 3) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG", compress_level=compress_level)
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(
+        buf, format="PNG", compress_level=compress_level
+    )
     return buf.getvalue()
 
 
@@ -79,9 +82,7 @@ def decode_png(data: bytes, index: int) -> np.ndarray:
             if im.format != "PNG":
                 raise RequestError(f"image {index} is {im.format}, not PNG")
             if im.mode != "RGB":
-                raise RequestError(
-                    f"PNG image {index} has mode {im.mode}; send 8-bit RGB images"
-                )
+                raise RequestError(f"PNG image {index} has mode {im.mode}; send 8-bit RGB images")
             return np.asarray(im, dtype=np.uint8)
     except RequestError:
         raise

@@ -82,9 +82,7 @@ def _generate(out: Path) -> None:
         raise ProtoBuildError(f"grpc_tools.protoc failed (exit {rc}) on {PROTO_FILE}")
     grpc_file = out / f"{STEM}_pb2_grpc.py"
     text = grpc_file.read_text()
-    fixed, n = re.subn(
-        rf"^import {STEM}_pb2 as", f"from . import {STEM}_pb2 as", text, flags=re.M
-    )
+    fixed, n = re.subn(rf"^import {STEM}_pb2 as", f"from . import {STEM}_pb2 as", text, flags=re.M)
     if n != 1:
         raise ProtoBuildError(
             f"unexpected grpc_tools output in {grpc_file}: cannot find `import {STEM}_pb2`; "
@@ -129,7 +127,8 @@ def generated_dir() -> Path:
     except OSError as err:
         errors.append(f"temporary directory: {err}")
     raise ProtoBuildError(
-        "cannot write the generated FM service code anywhere; tried " + "; ".join(errors)
+        "cannot write the generated FM service code anywhere; tried "
+        + "; ".join(errors)
         + ". Set BAPS_FED_CACHE_DIR to a writable directory"
     )
 

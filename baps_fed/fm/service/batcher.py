@@ -1,0 +1,190 @@
+"""Dynamic micro-batching: requests from several clients run through the FM as one batch.
+
+A SAM forward over B images costs far less than B forwards of one image (one encoder pass, one
+batched decoder pass), so a shared FM serving N sites should merge what arrives together. One
+worker thread owns the FM; request handlers put a job on a queue and wait on its future. The
+worker takes the oldest job, waits at most ``wait_s`` after that job's arrival for more, and runs
+every waiting job with the same (H, W, N points) as the oldest, up to ``max_batch`` images, as ONE
+FM call; then it splits the logits back per job. Jobs of another shape wait for the next call
+(only equal shapes can be stacked; padding points would change SAM's output). A job larger than
+``max_batch`` runs alone (the FM chunks it itself). ``max_batch=1`` turns merging off.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from baps_fed.fm.base import BlackboxFM
+
+
+@dataclass(eq=False)  # identity, not array comparison: jobs are removed from a list
+class Job:
+    images: np.ndarray
+    points: np.ndarray
+    labels: np.ndarray
+    future: Future = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0  # this job's share of the FM call's time, set before the result
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return self.images.shape[1], self.images.shape[2], self.points.shape[1]
+
+    @property
+    def n(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class BatchStats:
+    fm_calls: int = 0
+    requests: int = 0
+    images: int = 0
+    merged_calls: int = 0  # FM calls holding images from more than one request
+    max_requests_per_call: int = 0
+    requests_per_call: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "fm_calls": self.fm_calls,
+            "requests": self.requests,
+            "images": self.images,
+            "merged_calls": self.merged_calls,
+            "max_requests_per_call": self.max_requests_per_call,
+            "requests_per_call": {str(k): v for k, v in sorted(self.requests_per_call.items())},
+        }
+
+
+class MicroBatcher:
+    """The FM's only caller: a worker thread draining a queue of jobs in merged batches."""
+
+    def __init__(self, fm: BlackboxFM, max_batch: int = 16, wait_s: float = 0.005) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.fm = fm
+        self.max_batch = max_batch
+        self.wait_s = max(0.0, wait_s)
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self._pending: list[Job] = []
+        self._stats = BatchStats()
+        self._stats_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fm-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the worker."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def submit(self, images: np.ndarray, points: np.ndarray, labels: np.ndarray) -> Job:
+        """Queue validated inputs; the job's future gets logits float32 [B,H,W] or the error."""
+        if self._stop.is_set():
+            raise RuntimeError("the FM batcher is shutting down")
+        job = Job(images, points, labels)
+        self._queue.put(job)
+        return job
+
+    def stats(self) -> BatchStats:
+        with self._stats_lock:
+            s = self._stats
+            return BatchStats(
+                s.fm_calls,
+                s.requests,
+                s.images,
+                s.merged_calls,
+                s.max_requests_per_call,
+                Counter(s.requests_per_call),
+            )
+
+    # worker side
+    def _drain(self, block_s: float | None) -> None:
+        """Move queued jobs to the pending list, waiting up to ``block_s`` for the first."""
+        try:
+            if block_s is None:
+                self._pending.append(self._queue.get_nowait())
+            else:
+                self._pending.append(self._queue.get(timeout=max(block_s, 0.0)))
+            while True:
+                self._pending.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _select(self) -> list[Job]:
+        """The oldest job and the waiting jobs of its shape that fit in ``max_batch``."""
+        head = self._pending[0]
+        chosen, total = [head], head.n
+        for job in self._pending[1:]:
+            if job.key == head.key and total + job.n <= self.max_batch:
+                chosen.append(job)
+                total += job.n
+        return chosen
+
+    def _ready(self) -> bool:
+        head = self._pending[0]
+        same = sum(j.n for j in self._pending if j.key == head.key)
+        return same >= self.max_batch or time.monotonic() - head.arrived >= self.wait_s
+
+    def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._stop.is_set() and self._queue.empty():
+                    return
+                self._drain(0.1)
+                continue
+            while not self._ready() and not self._stop.is_set():
+                remaining = self.wait_s - (time.monotonic() - self._pending[0].arrived)
+                self._drain(remaining)
+            self._drain(None)
+            jobs = self._select()
+            for job in jobs:
+                self._pending.remove(job)
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if jobs:
+                self._execute(jobs)
+
+    def _execute(self, jobs: list[Job]) -> None:
+        try:
+            if len(jobs) == 1:
+                images, points, labels = jobs[0].images, jobs[0].points, jobs[0].labels
+            else:
+                images = np.concatenate([j.images for j in jobs])
+                points = np.concatenate([j.points for j in jobs])
+                labels = np.concatenate([j.labels for j in jobs])
+            start = time.perf_counter()
+            logits = self.fm.segment(images, points, labels)
+            seconds = time.perf_counter() - start
+        except Exception as err:
+            if len(jobs) > 1:  # find the culprit: only its own request should fail
+                for job in jobs:
+                    self._execute([job])
+                return
+            jobs[0].future.set_exception(err)
+            return
+        self._record(jobs)
+        total = sum(j.n for j in jobs)
+        offset = 0
+        for job in jobs:
+            job.seconds = seconds * job.n / total
+            job.future.set_result(logits[offset : offset + job.n])
+            offset += job.n
+
+    def _record(self, jobs: list[Job]) -> None:
+        with self._stats_lock:
+            s = self._stats
+            s.fm_calls += 1
+            s.requests += len(jobs)
+            s.images += sum(j.n for j in jobs)
+            s.merged_calls += len(jobs) > 1
+            s.max_requests_per_call = max(s.max_requests_per_call, len(jobs))
+            s.requests_per_call[len(jobs)] += 1

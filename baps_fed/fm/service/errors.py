@@ -1,0 +1,36 @@
+"""Errors a remote FM raises, and the trailing metadata that tells them apart.
+
+RESOURCE_EXHAUSTED means three different things (quota, rate limit, message size) that call for
+different actions, so the server names which in the ``baps-fm-error`` trailing metadata.
+"""
+
+from __future__ import annotations
+
+from baps_fed.fm.base import QueryBudgetExceeded
+
+ERROR_KEY = "baps-fm-error"  # trailing metadata: "quota" | "rate" | "message-size"
+RETRY_AFTER_KEY = "baps-fm-retry-after-s"
+
+
+class FMServiceError(RuntimeError):
+    """A remote FM call failed; the message says why and what to do."""
+
+
+class FMAuthError(FMServiceError):
+    """The service refused the token (missing, unknown or not allowed)."""
+
+
+class FMUnavailable(FMServiceError):
+    """The service could not be reached, even after the configured retries."""
+
+
+class FMMessageTooLarge(FMServiceError):
+    """A request or response exceeds a gRPC message-size limit."""
+
+
+class FMRateLimited(FMServiceError):
+    """The client's rate limit was still exceeded after the configured retries."""
+
+
+class RemoteQuotaExceeded(QueryBudgetExceeded):
+    """The service's quota for this client is used up; nothing was run."""
