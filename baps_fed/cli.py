@@ -27,7 +27,10 @@ def _zero_shot_rows(
     from baps_fed.evaluation import evaluate_fm
     from baps_fed.fm.spec import load_fm
 
-    datasets = [open_source(s, n=n, seed=seed, scanner=scanner, layout=layout) for s in sources]
+    # Real images are letterboxed to 128 px, the size training and evaluation use too.
+    datasets = [
+        open_source(s, n=n, seed=seed, scanner=scanner, layout=layout, size=128) for s in sources
+    ]
     fm = load_fm(fm_spec)  # after the data: a wrong path should fail before any model loads
     rows = []
     for source, ds in zip(sources, datasets, strict=True):
@@ -142,11 +145,18 @@ def _train_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from baps_fed.data.sources import open_source
-    from baps_fed.decoder import DecoderConfig, build_decoder
+    from baps_fed.decoder import DecoderConfig, build_decoder, load_decoder
     from baps_fed.fm.spec import load_fm
     from baps_fed.single_site import print_comparison, run_training
 
-    dec_cfg = DecoderConfig(preset=args.preset, vp_grid=args.vp_grid)
+    last = args.out / "checkpoints" / "last.pt"
+    if args.resume and last.is_file():  # the decoder as it was trained, not as the flags say
+        decoder, _ = load_decoder(last)
+    else:
+        decoder = build_decoder(
+            DecoderConfig(preset=args.preset, vp_grid=args.vp_grid, init_seed=args.seed)
+        )
+    dec_cfg = decoder.cfg
     data = open_source(
         args.data,
         n=args.n,
@@ -156,7 +166,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         size=dec_cfg.image_size,
     )
     fm = load_fm(args.fm, budget_images=args.budget)
-    decoder = build_decoder(dec_cfg)
     result, summary = run_training(
         decoder, fm, data, _train_config(args), args.out, resume=args.resume
     )
@@ -246,7 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="dice", choices=["dice", "bce", "focal"])
     p.add_argument("--geass", action="store_true", help="SPSA-GEASS strikes")
     p.add_argument("--val-every", type=int, default=50)
-    p.add_argument("--budget", type=int, default=None, help="FM image-query budget")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="FM image-queries for training and validation (test counted apart)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="zero-shot vs a trained decoder on a test split")

@@ -15,7 +15,7 @@ decoders could not be reloaded faithfully). Trainable part, two presets:
 - ``vp``: the visual-prompting baseline, one input-independent prompt (a 3 x g x g grid,
   upsampled; g = 1 is a global colour shift of 3 parameters).
 
-Both zero-initialise their last layer, so step 0 reproduces the zero-shot FM exactly. Weights
+All three zero-initialise their last layer, so step 0 reproduces the zero-shot FM exactly. Weights
 travel as one flat float32 vector (``theta``), which is what SPSA perturbs.
 """
 
@@ -46,6 +46,7 @@ class DecoderConfig:
     image_size: int = 128  # prompt resolution: the site's (square, letterboxed) image size
     fourier_dim: int = 256  # Gaussian matrix 2 x fourier_dim -> sin/cos -> 2 * fourier_dim
     fourier_seed: int = 0
+    init_seed: int = 0  # the paper preset's random initial weights
     # basis preset
     cosine_grid: int = 2  # cosine maps with frequencies 0..grid-1 per axis (grid^2 maps)
     bump_sigmas: tuple[float, ...] = field(default=(0.06, 0.18))  # fractions of the image side
@@ -97,7 +98,9 @@ class IPDecoder(nn.Module):
         g = torch.Generator().manual_seed(cfg.projection_seed)
         self.register_buffer("projection", torch.randn(encoder.dim, cfg.feature_rank, generator=g))
         if cfg.preset == "paper":
-            self.head: nn.Module = _PaperHead(encoder.dim, 2 * cfg.fourier_dim)
+            with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG untouched
+                torch.manual_seed(cfg.init_seed)
+                self.head: nn.Module = _PaperHead(encoder.dim, 2 * cfg.fourier_dim)
         elif cfg.preset == "vp":  # input-independent: a 3 x g x g grid, bilinearly upsampled
             self.head = nn.ParameterDict(
                 {"grid": nn.Parameter(torch.zeros(3, cfg.vp_grid, cfg.vp_grid))}
@@ -139,7 +142,8 @@ class IPDecoder(nn.Module):
         """uint8 images [B,H,W,3] and points [B,1,2] pixel (x, y) -> frozen embeddings."""
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
         h, w = images.shape[1:3]
-        p01 = torch.from_numpy(np.asarray(points, np.float32)[:, 0]) / torch.tensor([w, h])
+        # Point (x, y) are pixel indices (SAM adds the half pixel itself): the centre is +0.5.
+        p01 = (torch.from_numpy(np.asarray(points, np.float32)[:, 0]) + 0.5) / torch.tensor([w, h])
         proj = (2 * p01 - 1) @ self.fourier * (2 * math.pi)
         return DecoderInputs(self.encoder(x), torch.cat([proj.sin(), proj.cos()], 1), p01)
 
@@ -219,9 +223,18 @@ def save_decoder(path: Path, decoder: IPDecoder, extra: dict | None = None) -> N
 
 
 def load_decoder(path: Path, encoder_path: Path | None = None) -> tuple[IPDecoder, dict]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a baps-fed decoder checkpoint ({CHECKPOINT_FORMAT})")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"decoder checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({err})") from err
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path}: not a baps-fed decoder checkpoint ({CHECKPOINT_FORMAT}); "
+            "give checkpoints/best.pt or last.pt of a `baps-fed train` run"
+        )
     cfg_dict = dict(blob["config"])
     cfg_dict["bump_sigmas"] = tuple(cfg_dict["bump_sigmas"])
     decoder = build_decoder(DecoderConfig(**cfg_dict), encoder_path)

@@ -37,17 +37,11 @@ class SmallImageEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1))
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        x = (
-            F.interpolate(
-                images,
-                (INPUT_SIZE, INPUT_SIZE),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
+        x = images
+        if tuple(images.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
+            x = F.interpolate(
+                x, (INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True
             )
-            if images.shape[-1] != INPUT_SIZE
-            else images
-        )
         return self.features((x - self.mean) / self.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

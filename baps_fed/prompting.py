@@ -2,7 +2,8 @@
 
 The FM receives what an API would: uint8 pixels. A prompt that moves a pixel by less than half a
 grey level vanishes in the cast, so perturbation scales are chosen in grey levels
-(``grey_levels``) and checked to survive quantisation (tests/test_prompting.py).
+(``grey_levels``, ``train.calibrate_c``) and checked to survive quantisation
+(tests/test_train_step.py, tests/test_decoder.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import numpy as np
 
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.data.splits import split_dataset
-from baps_fed.decoder import IPDecoder, load_decoder
+from baps_fed.decoder import IPDecoder
 from baps_fed.evaluation import evaluate_fm, prompt_point
 from baps_fed.fm.base import BlackboxFM
 from baps_fed.report import plot_dice, plot_examples, write_history, write_json
@@ -69,12 +69,18 @@ def run_training(
     resume: bool = False,
     progress: bool = True,
 ) -> tuple[TrainResult, dict]:
+    """Train on the train split, pick the best weights on val, compare on test; write the run.
+
+    An FM query budget bounds training and validation; the final test comparison is an
+    evaluation the user asked for and is counted apart (``fm_images_test``).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = split_dataset(data)
+    result = train_site(decoder, fm, splits["train"], splits["val"], cfg, run_dir, resume, progress)
     write_json(
         run_dir / "config.json",
         {
-            "train": asdict(cfg),
+            "train": asdict(result.config),
             "decoder": asdict(decoder.cfg),
             "encoder": decoder.encoder_id,
             "fm": fm.name,
@@ -84,20 +90,27 @@ def run_training(
             "data_problems": [asdict(p) for p in data.problems],
         },
     )
-    result = train_site(decoder, fm, splits["train"], splits["val"], cfg, run_dir, resume, progress)
-    test = compare_on_test(decoder, result.theta, fm, splits["test"], cfg.seed)
+    budget, fm.budget_images = fm.budget_images, None
+    before = fm.meter.images
+    try:
+        test = compare_on_test(decoder, result.theta, fm, splits["test"], result.config.seed)
+        example_grid(
+            run_dir / "examples.png", decoder, result.theta, fm, splits["test"], result.config.seed
+        )
+    finally:
+        fm.budget_images = budget
     summary = {
         "stopped": result.stopped,
         "best_val_dice": result.best_val_dice,
         "zero_shot_val_dice": result.zero_shot_val_dice,
         "fm_images_train": result.fm_images_train,
         "fm_images_val": result.fm_images_val,
+        "fm_images_test": fm.meter.images - before,
         "test": test,
     }
     write_history(run_dir, result.history)
     write_json(run_dir / "metrics.json", summary)
     plot_dice(run_dir, result.history, result.zero_shot_val_dice)
-    example_grid(run_dir / "examples.png", decoder, result.theta, fm, splits["test"], cfg.seed)
     write_report(run_dir, summary, decoder, fm, data)
     return result, summary
 
@@ -138,9 +151,8 @@ def write_report(
 
 
 def run_evaluation(
-    checkpoint: Path, fm: BlackboxFM, data: SegmentationDataset, seed: int, split: str = "test"
+    decoder: IPDecoder, fm: BlackboxFM, data: SegmentationDataset, seed: int, split: str = "test"
 ) -> dict:
-    decoder, _ = load_decoder(checkpoint)
     ds = split_dataset(data)[split] if split != "all" else data
     return compare_on_test(decoder, decoder.get_theta(), fm, ds, seed) | {
         "split": split,

@@ -9,6 +9,7 @@ checkpoint takes the same next step as one that never stopped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +24,7 @@ from baps_fed.data.sample import SegmentationDataset
 from baps_fed.decoder import IPDecoder, save_decoder
 from baps_fed.evaluation import evaluate_fm
 from baps_fed.fm.base import BlackboxFM, QueryBudgetExceeded
+from baps_fed.fm.service.errors import FMAuthError, FMMessageTooLarge, FMServiceError
 from baps_fed.metrics import LOSSES
 from baps_fed.prompting import apply_prompt, grey_levels
 from baps_fed.zoo import (
@@ -33,6 +35,7 @@ from baps_fed.zoo import (
     StepInfo,
     apply_update,
     current_c,
+    seed_words,
     step_perturbations,
 )
 
@@ -60,8 +63,9 @@ class StepResult:
 
 
 def batch_rng(key: SeedKey, step: int) -> np.random.Generator:
-    """The generator of a step's batch and points: independent of the perturbation stream."""
-    return np.random.default_rng([key.master_seed, key.round, key.site, step, 0xBA7C])
+    """The generator of a step's batch and points: independent of the perturbation stream
+    (same fixed-width seed words as the perturbations, plus one more word)."""
+    return np.random.default_rng(seed_words((key.master_seed, key.round, key.site, step, 0)) + [1])
 
 
 def sample_batch(
@@ -133,20 +137,28 @@ def spsa_step(
     return StepResult(new_theta, new_state, info, loss, len(prompted), failure)
 
 
+def _is_transient(err: Exception) -> bool:
+    """Worth retrying: the network or the service, not the query or the credentials."""
+    if isinstance(err, (FMAuthError, FMMessageTooLarge)):
+        return False
+    return isinstance(err, (ConnectionError, TimeoutError, FMServiceError))
+
+
 def _query(
     fm: BlackboxFM, images: np.ndarray, points: np.ndarray, retries: int
 ) -> tuple[np.ndarray | None, str | None]:
-    """The FM's logits, retrying failures; None and the reason when it keeps failing.
+    """The FM's logits, retrying transient failures; None and the reason when they persist.
 
-    A spent query budget is not a failure to retry: it propagates so the run can end cleanly.
+    A spent budget, a refused token or a malformed query is not retried: it propagates, since
+    no later step would fare better.
     """
     error = None
     for _ in range(retries + 1):
         try:
             return fm.segment(images, points), None
-        except QueryBudgetExceeded:
-            raise
-        except Exception as err:  # an FM behind an API can fail in any way; log and move on
+        except Exception as err:
+            if not _is_transient(err):
+                raise
             error = f"FM call failed: {type(err).__name__}: {err}"
             logger.warning(error)
     return None, error
@@ -164,6 +176,7 @@ class TrainConfig:
     seed: int = 0
     site: int = 0
     target_grey: float = 3.0  # c moves the prompt by this many grey levels; 0: spsa.c as given
+    max_failed_steps: int = 20  # consecutive skipped steps before the run gives up
     step: StepConfig = field(default_factory=StepConfig)
 
 
@@ -176,6 +189,7 @@ class TrainResult:
     stopped: str  # "done", or why the run ended early
     fm_images_train: int
     fm_images_val: int
+    config: TrainConfig  # as run: c after calibration
 
 
 def prompt_fn(
@@ -202,30 +216,68 @@ def _state_from_record(record: dict) -> SpsaState:
     )
 
 
-def _save(
-    path: Path,
-    decoder: IPDecoder,
-    theta: np.ndarray,
-    state: SpsaState,
-    cfg: TrainConfig,
-    history: list[dict],
-    best: float,
-    zero_shot: float,
-) -> None:
+def data_fingerprint(*datasets: SegmentationDataset) -> str:
+    """Names of every sample, in order: a resumed run must see the same data."""
+    names = "\n".join(s.name for ds in datasets for s in ds)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Progress:
+    """Everything a checkpoint must hold for a resumed run to continue exactly."""
+
+    theta: np.ndarray
+    state: SpsaState
+    history: list[dict]
+    best: float
+    zero_shot: float
+    train_images: int = 0
+    val_images: int = 0
+
+    def record(self, cfg: TrainConfig, fingerprint: str, fm_name: str) -> dict:
+        return {
+            "spsa_state": _state_to_record(self.state),
+            "train_config": asdict(cfg),
+            "history": self.history,
+            "best_val_dice": self.best,
+            "zero_shot_val_dice": self.zero_shot,
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "data_fingerprint": fingerprint,
+            "fm": fm_name,
+        }
+
+
+def _save(path: Path, decoder: IPDecoder, theta: np.ndarray, extra: dict) -> None:
     decoder.set_theta(theta)
     tmp = path.with_suffix(".tmp")
-    save_decoder(
-        tmp,
-        decoder,
-        {
-            "spsa_state": _state_to_record(state),
-            "train_config": asdict(cfg),
-            "history": history,
-            "best_val_dice": best,
-            "zero_shot_val_dice": zero_shot,
-        },
-    )
+    save_decoder(tmp, decoder, extra)
     tmp.replace(path)  # atomic: a crash mid-write never loses the previous checkpoint
+
+
+def _resume(
+    path: Path, cfg: TrainConfig, fingerprint: str, fm_name: str
+) -> tuple[TrainConfig, _Progress]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    extra = blob["extra"]
+    if extra["data_fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path} was trained on other data (or another split/--n); resume "
+            "with the same data options, or start a new run folder"
+        )
+    if extra["fm"] != fm_name:
+        raise ValueError(f"{path} was trained against FM {extra['fm']!r}, not {fm_name!r}")
+    run_cfg = replace(_config_from_dict(extra["train_config"]), steps=cfg.steps)  # may extend
+    progress = _Progress(
+        blob["theta"].numpy(),
+        _state_from_record(extra["spsa_state"]),
+        extra["history"],
+        extra["best_val_dice"],
+        extra["zero_shot_val_dice"],
+        extra["train_images"],
+        extra["val_images"],
+    )
+    return run_cfg, progress
 
 
 def train_site(
@@ -240,90 +292,105 @@ def train_site(
 ) -> TrainResult:
     """Train the decoder with SPSA on ``train``, validating on ``val``; writes run_dir/checkpoints.
 
-    With ``resume``, continues from run_dir/checkpoints/last.pt: the next step is the one the
-    interrupted run would have taken (batches and perturbations depend only on the step).
+    With ``resume``, continues from run_dir/checkpoints/last.pt (same data and FM required):
+    the next step is the one the interrupted run would have taken, since batches and
+    perturbations depend only on the step. Ends early, keeping best.pt, when the FM's query
+    budget runs out or the FM fails ``max_failed_steps`` steps in a row.
     """
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     images = np.stack([s.image for s in train])
     masks = np.stack([s.mask for s in train])
+    if images.shape[1:3] != (decoder.cfg.image_size,) * 2:
+        raise ValueError(
+            f"{train.name}: images are {images.shape[2]}x{images.shape[1]} but the "
+            f"decoder makes {decoder.cfg.image_size} px prompts; letterbox the data "
+            "to the decoder's image size"
+        )
+    fingerprint = data_fingerprint(train, val)
     key = SeedKey(cfg.seed, 0, cfg.site)
-    val_images = 0
 
-    def validate(theta: np.ndarray) -> float:
-        nonlocal val_images
+    def validate(run: _Progress, theta: np.ndarray) -> float:
         before = fm.meter.images
-        dice = evaluate_fm(fm, val, point_seed=cfg.seed, prompt=prompt_fn(decoder, theta)).dice
-        val_images += fm.meter.images - before
-        return float(dice.mean())
+        try:
+            dice = evaluate_fm(fm, val, point_seed=cfg.seed, prompt=prompt_fn(decoder, theta))
+        finally:
+            run.val_images += fm.meter.images - before
+        return float(dice.dice.mean())
 
     if resume and (ckpt / "last.pt").is_file():
-        blob = torch.load(ckpt / "last.pt", map_location="cpu", weights_only=True)["extra"]
-        cfg = replace(_config_from_dict(blob["train_config"]), steps=cfg.steps)  # may extend
-        theta, state = decoder_theta(ckpt / "last.pt"), _state_from_record(blob["spsa_state"])
-        history, best, zero_shot = (
-            blob["history"],
-            blob["best_val_dice"],
-            blob["zero_shot_val_dice"],
-        )
+        cfg, run = _resume(ckpt / "last.pt", cfg, fingerprint, fm.name)
         best_theta = decoder_theta(ckpt / "best.pt")
     else:
         if cfg.target_grey > 0:
             c = calibrate_c(decoder, cfg.target_grey, seed=cfg.seed)
             cfg = replace(cfg, step=replace(cfg.step, spsa=replace(cfg.step.spsa, c=c)))
-        theta, state, history = decoder.get_theta(), SpsaState(), []
-        zero_shot = best = validate(theta)
-        best_theta = theta
-        history.append({"step": 0, "val_dice": best, "fm_images": 0})
-        _save(ckpt / "best.pt", decoder, theta, state, cfg, history, best, zero_shot)
-    train_images = 0
-    stopped = "done"
+        run = _Progress(decoder.get_theta(), SpsaState(), [], 0.0, 0.0)
+        run.zero_shot = run.best = validate(run, run.theta)
+        best_theta = run.theta
+        run.history.append({"step": 0, "val_dice": run.best, "fm_images": 0})
+        _save(ckpt / "best.pt", decoder, run.theta, run.record(cfg, fingerprint, fm.name))
+    stopped, failed_in_a_row = "done", 0
     bar = tqdm(
         total=cfg.steps,
-        initial=state.step,
+        initial=run.state.step,
         disable=not progress,
         unit="step",
         desc=f"train {train.name}",
     )
-    while state.step < cfg.steps:
+    while run.state.step < cfg.steps:
         try:
-            res = spsa_step(decoder, fm, images, masks, theta, state, cfg.step, key)
+            res = spsa_step(decoder, fm, images, masks, run.theta, run.state, cfg.step, key)
         except QueryBudgetExceeded as err:
             stopped = f"query budget reached: {err}"
             break
-        theta, state = res.theta, res.state
-        train_images += res.fm_images
+        run.theta, run.state = res.theta, res.state
+        run.train_images += res.fm_images
+        failed_in_a_row = failed_in_a_row + 1 if res.failure else 0
         row = {
-            "step": state.step,
+            "step": run.state.step,
             "loss": res.loss,
             "grad_norm": res.info.grad_norm,
             "lr": res.info.lr,
             "c": res.info.c,
             "skipped": res.failure or "",
-            "fm_images": train_images,
+            "fm_images": run.train_images,
         }
-        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
-            try:
-                row["val_dice"] = validate(theta)
-            except QueryBudgetExceeded as err:
-                stopped = f"query budget reached during validation: {err}"
-                history.append(row)
-                break
-            if row["val_dice"] > best:
-                best, best_theta = row["val_dice"], theta
-                _save(
-                    ckpt / "best.pt", decoder, theta, state, cfg, history + [row], best, zero_shot
-                )
-            _save(ckpt / "last.pt", decoder, theta, state, cfg, history + [row], best, zero_shot)
-            bar.set_postfix(
-                loss=f"{res.loss:.3f}", val=f"{row['val_dice']:.3f}", best=f"{best:.3f}"
-            )
-        history.append(row)
         bar.update(1)
+        if failed_in_a_row >= cfg.max_failed_steps:
+            run.history.append(row)
+            stopped = f"the FM failed {failed_in_a_row} steps in a row ({res.failure}); check it"
+            break
+        if run.state.step % cfg.val_every == 0 or run.state.step == cfg.steps:
+            try:
+                row["val_dice"] = validate(run, run.theta)
+            except QueryBudgetExceeded as err:
+                run.history.append(row)
+                stopped = f"query budget reached during validation: {err}"
+                break
+            run.history.append(row)
+            if row["val_dice"] > run.best:
+                run.best, best_theta = row["val_dice"], run.theta
+                _save(ckpt / "best.pt", decoder, run.theta, run.record(cfg, fingerprint, fm.name))
+            _save(ckpt / "last.pt", decoder, run.theta, run.record(cfg, fingerprint, fm.name))
+            bar.set_postfix(
+                loss=f"{res.loss:.3f}", val=f"{row['val_dice']:.3f}", best=f"{run.best:.3f}"
+            )
+        else:
+            run.history.append(row)
     bar.close()
-    _save(ckpt / "last.pt", decoder, theta, state, cfg, history, best, zero_shot)
+    _save(ckpt / "last.pt", decoder, run.theta, run.record(cfg, fingerprint, fm.name))
     decoder.set_theta(best_theta)
-    return TrainResult(best_theta, best, zero_shot, history, stopped, train_images, val_images)
+    return TrainResult(
+        best_theta,
+        run.best,
+        run.zero_shot,
+        run.history,
+        stopped,
+        run.train_images,
+        run.val_images,
+        cfg,
+    )
 
 
 def decoder_theta(path: Path) -> np.ndarray:

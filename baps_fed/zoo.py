@@ -61,7 +61,7 @@ class SeedKey:
     site: int
 
 
-def _entropy(parts: Iterable[int]) -> list[int]:
+def seed_words(parts: Iterable[int]) -> list[int]:
     """Each part as exactly two 32-bit words.
 
     SeedSequence splits large ints into a variable number of words, so [2**32, 0] and [0, 1, 0]
@@ -92,7 +92,7 @@ def perturbation(
     """
     if dim < 1:
         raise ValueError(f"perturbation dim must be >= 1, got {dim}")
-    seq = np.random.SeedSequence(_entropy((master_seed, round, site, step, k)))
+    seq = np.random.SeedSequence(seed_words((master_seed, round, site, step, k)))
     raw = np.random.PCG64(seq).random_raw(2 * dim)
     unit = (raw[:dim] >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
     sign = np.where(raw[dim:] & np.uint64(1), 1.0, -1.0)

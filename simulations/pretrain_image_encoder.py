@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("baps_fed/weights/image_encoder.pt"))
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
 
     images = np.stack([make_general_scene(CORPUS_SEED0 + i).image for i in range(args.corpus)])

@@ -73,9 +73,27 @@ def test_labels_must_be_binary(fm):
         fm.segment(images, points, np.full((3, 1), 2))
 
 
+def test_strided_views_are_accepted_like_their_copies(fm):
+    images, points = _query()
+    flipped = images[:, :, ::-1]  # negative strides: torch.from_numpy refuses these
+    assert not flipped.flags.c_contiguous
+    np.testing.assert_array_equal(
+        fm.segment(flipped, points), fm.segment(np.ascontiguousarray(flipped), points)
+    )
+
+
 @pytest.mark.parametrize(
-    "spec", ["nonsense", "sam:vit_b", "grpc://127.0.0.1", "grpc://127.0.0.1:1?colour=red"]
+    ("spec", "kwargs", "names"),
+    [
+        ("nonsense", {}, ["'tiny'", "sam:vit_b|vit_l|vit_h:PATH", "medsam:PATH", "grpc://"]),
+        ("sam:vit_b", {}, ["sam:ARCH:PATH", "medsam:PATH"]),
+        ("grpc://127.0.0.1", {}, ["grpc://HOST:PORT"]),
+        ("grpc://127.0.0.1:1?colour=red", {}, ["'colour'", "known: token"]),
+        ("tiny", {"multimask": True}, ["multimask", "sam:ARCH:PATH"]),
+    ],
 )
-def test_bad_specs_say_what_to_use(spec):
-    with pytest.raises(FMSpecError):
-        load_fm(spec)
+def test_bad_specs_say_what_to_use(spec, kwargs, names):
+    with pytest.raises(FMSpecError) as err:
+        load_fm(spec, **kwargs)
+    for name in names:
+        assert name in str(err.value), (name, str(err.value))

@@ -12,10 +12,12 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ import pytest
 from baps_fed.fm.base import BlackboxFM, FMInputError, QueryBudgetExceeded
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.service import codec, protos
+from baps_fed.fm.service.batcher import BatcherClosed, MicroBatcher
 from baps_fed.fm.service.client import GrpcFM, GrpcFMOptions, GrpcSpecError, parse_grpc_spec
 from baps_fed.fm.service.errors import (
     FMAuthError,
@@ -326,6 +329,100 @@ def test_shutdown_finishes_in_flight_requests(fm):
     finally:
         server.stop(grace_s=1.0)
     assert len(result) == 1 and result[0].shape == (1, 48, 40)
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR header declares width x height RGB pixels (its data is one row)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" + b"\x00" * 3 * min(width, 16))
+    return codec.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _png_request(pb2, pngs: list[bytes]):
+    request = pb2.SegmentRequest()
+    request.images.png.png.extend(pngs)
+    codec.fill_tensor(request.points, np.full((len(pngs), 1, 2), 1.0), codec.FLOAT32)
+    return request
+
+
+def test_png_declaring_huge_dimensions_is_refused_before_decoding(fm, monkeypatch):
+    pb2, pb2_grpc = protos.load()
+    bomb = _png_declaring(20000, 20000)
+    assert len(bomb) < 200  # the message limit alone lets it through
+    real = codec.decode_png
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("pixels decoded before the declared size was checked")
+
+    monkeypatch.setattr(codec, "decode_png", no_decoding)
+    limit = codec.max_pixels_for(64 * 1024 * 1024)
+    with pytest.raises(codec.RequestError, match=r"20000x20000 = 400000000 pixels"):
+        codec.decode_request(_png_request(pb2, [bomb]), limit)
+    small = codec.encode_png(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(codec.RequestError, match="must share H, W"):  # sizes checked first too
+        codec.decode_request(_png_request(pb2, [small, _png_declaring(9, 8)]), limit)
+    with pytest.raises(codec.RequestError, match="B=3"):
+        codec.decode_request(_bad_batch(pb2, small), limit)
+    monkeypatch.setattr(codec, "decode_png", real)
+
+    # A genuine, highly compressible 2000x2000 PNG (~12 MB decoded) under a 1 MB server limit.
+    flat = codec.encode_png(np.zeros((2000, 2000, 3), np.uint8), compress_level=9)
+    assert len(flat) < 100_000
+    with serving(fm, max_message_mb=1.0) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb2_grpc.FMServiceStub(channel)
+            for png, shown in ((bomb, "20000x20000"), (flat, "2000x2000")):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Segment(_png_request(pb2, [png]), timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert shown in err.value.details() and "fewer or smaller" in err.value.details()
+            ok = _png_request(pb2, [codec.encode_png(_query(b=1)[0][0])])
+            assert list(stub.Segment(ok, timeout=10).logits.shape) == [1, 48, 40]
+
+
+def _bad_batch(pb2, png: bytes):
+    """Two PNGs, but points for three images."""
+    request = _png_request(pb2, [png, png])
+    codec.fill_tensor(request.points, np.full((3, 1, 2), 1.0), codec.FLOAT32)
+    return request
+
+
+def test_batcher_shutdown_never_strands_a_job(fm):
+    images, points = _query(b=1)
+    labels = np.ones((1, 1), np.int64)
+
+    # A job queued on a batcher whose worker never ran fails at stop, instead of hanging.
+    idle = MicroBatcher(fm)
+    job = idle.submit(images, points, labels)
+    idle.stop()
+    with pytest.raises(BatcherClosed, match="shutting down"):
+        job.future.result(timeout=5)
+    with pytest.raises(BatcherClosed, match="shutting down"):  # and later submits fail at once
+        idle.submit(images, points, labels)
+
+    # The race: stop() lands between submit's check and its put. The job must still be run.
+    batcher = MicroBatcher(fm, wait_s=0.0)
+    batcher.start()
+    real_put = batcher._queue.put
+    stopper = threading.Thread(target=batcher.stop)
+
+    def put_after_stop(item, *args, **kwargs):
+        stopper.start()
+        stopper.join(timeout=1.0)  # before the fix the worker exits here; after, stop() waits
+        real_put(item, *args, **kwargs)
+
+    batcher._queue.put = put_after_stop
+    job = batcher.submit(images, points, labels)
+    assert job.future.result(timeout=10).shape == (1, 48, 40)
+    stopper.join(timeout=10)
+    assert not stopper.is_alive()
+    with pytest.raises(BatcherClosed):
+        batcher.submit(images, points, labels)
 
 
 def _self_signed_ca_and_server(tmp: Path) -> tuple[Path, Path, Path]:

@@ -21,6 +21,7 @@ from baps_fed.data.readers import (
     read_optic_disc,
 )
 from baps_fed.data.sample import DatasetError, Sample
+from baps_fed.data.sources import GENERAL_SEED_STRIDE, open_source
 
 H, W = 24, 32
 
@@ -85,10 +86,32 @@ def test_read_image_converts_grayscale_palette_rgba_and_16bit(tmp_path):
     save(tmp_path / "la.png", rgb(4), mode="LA")
     assert read_image(tmp_path / "la.png").shape == (H, W, 3)
 
-    deep = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 5)  # 0..3835: beyond 8 bits
+    deep = np.arange(H * W, dtype=np.uint16).reshape(H, W) * 5  # 0..3835: beyond 8 bits
     save(tmp_path / "deep.png", deep)
     out = read_image(tmp_path / "deep.png")
     assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+
+
+def test_read_image_float_tiff_in_unit_range_is_scaled_and_rounded(tmp_path):
+    ramp = np.linspace(0.0, 1.0, H * W, dtype=np.float32).reshape(H, W)
+    image = Image.fromarray(ramp)
+    assert image.mode == "F"
+    image.save(tmp_path / "float.tif")
+    out = read_image(tmp_path / "float.tif")
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255  # not black
+    np.testing.assert_array_equal(out[..., 0], np.round(ramp * 255).astype(np.uint8))
+    # Values already in 0..255 are rounded, not truncated: 2.6 -> 3.
+    Image.fromarray(np.full((H, W), 2.6, np.float32)).save(tmp_path / "grey.tif")
+    assert (read_image(tmp_path / "grey.tif") == 3).all()
+
+
+def test_general_source_seeds_never_overlap():
+    names = [
+        {s.name for s in open_source("general", n=n, seed=seed)} for seed, n in [(0, 5), (1, 3)]
+    ]
+    assert names[0] and names[1] and not names[0] & names[1]
+    with pytest.raises(ValueError, match="per seed"):
+        open_source("general", n=GENERAL_SEED_STRIDE + 1)
 
 
 def test_read_image_corrupt_file_names_it(tmp_path):
@@ -151,8 +174,12 @@ def test_isic2018_splits_and_segmentation_suffix(tmp_path):
     for split, ids in (("Training", [1, 0]), ("Validation", [7])):
         for i in ids:
             save(tmp_path / f"ISIC2018_Task1-2_{split}_Input" / f"ISIC_000000{i}.jpg", rgb(i))
-            save_mask(tmp_path / f"ISIC2018_Task1_{split}_GroundTruth"
-                      / f"ISIC_000000{i}_segmentation.png", disk(cx=10 + i))
+            save_mask(
+                tmp_path
+                / f"ISIC2018_Task1_{split}_GroundTruth"
+                / f"ISIC_000000{i}_segmentation.png",
+                disk(cx=10 + i),
+            )
     (tmp_path / "ISIC2018_Task1-2_Training_Input" / "LICENSE.txt").write_text("CC")
 
     train = read_isic2018(tmp_path)
@@ -171,8 +198,9 @@ def test_isic2018_lone_pair_and_wrong_split(tmp_path):
 
     val_only = tmp_path / "val_only"
     save(val_only / "ISIC2018_Task1-2_Validation_Input" / "ISIC_1.jpg", rgb())
-    save_mask(val_only / "ISIC2018_Task1_Validation_GroundTruth" / "ISIC_1_segmentation.png",
-              disk())
+    save_mask(
+        val_only / "ISIC2018_Task1_Validation_GroundTruth" / "ISIC_1_segmentation.png", disk()
+    )
     with pytest.raises(DatasetError, match="split='Validation'"):
         read_isic2018(val_only)  # default split is Training: never read another one silently
 
@@ -181,8 +209,10 @@ def test_kvasir_jpeg_masks_are_thresholded(tmp_path):
     m = [disk(cx=10, r=7), disk(cx=20, r=5)]
     for i, mask in enumerate(m):
         save(tmp_path / "images" / f"k{i}.jpg", rgb(i))
-        save(tmp_path / "masks" / f"k{i}.jpg",
-             np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=2))
+        save(
+            tmp_path / "masks" / f"k{i}.jpg",
+            np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=2),
+        )
     ds = read_kvasir(tmp_path)
     assert [s.name for s in ds] == ["k0", "k1"]
     for s, expected in zip(ds, m, strict=True):
@@ -252,8 +282,9 @@ def build_layouts(root: Path) -> dict[str, Path]:
     generic_dataset(root / "generic")
     isic = root / "isic"
     save(isic / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000001.jpg", rgb())
-    save_mask(isic / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000001_segmentation.png",
-              disk())
+    save_mask(
+        isic / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000001_segmentation.png", disk()
+    )
     kvasir = root / "Kvasir-SEG"
     save(kvasir / "images" / "k.jpg", rgb())
     save_mask(kvasir / "masks" / "k.jpg", disk())
@@ -263,16 +294,26 @@ def build_layouts(root: Path) -> dict[str, Path]:
     refuge = root / "refuge"
     save(refuge / "images" / "V0001.jpg", rgb())
     save(refuge / "gts" / "V0001.bmp", refuge_mask())
-    return {"generic": root / "generic", "isic2018": isic, "kvasir": kvasir,
-            "busi": busi, "optic_disc": refuge}
+    return {
+        "generic": root / "generic",
+        "isic2018": isic,
+        "kvasir": kvasir,
+        "busi": busi,
+        "optic_disc": refuge,
+    }
 
 
 def test_auto_detects_each_layout(tmp_path):
     layouts = build_layouts(tmp_path)
     wrapper = tmp_path / "busi"
     assert detect_layout(wrapper) == ("busi", layouts["busi"])
-    expected_names = {"generic": ["s0", "s1", "s2"], "isic2018": ["ISIC_0000001"],
-                      "kvasir": ["k"], "busi": ["benign/benign (1)"], "optic_disc": ["V0001"]}
+    expected_names = {
+        "generic": ["s0", "s1", "s2"],
+        "isic2018": ["ISIC_0000001"],
+        "kvasir": ["k"],
+        "busi": ["benign/benign (1)"],
+        "optic_disc": ["V0001"],
+    }
     for layout, folder in layouts.items():
         assert detect_layout(folder) == (layout, folder)
         ds = open_dataset(folder)
@@ -325,8 +366,13 @@ def test_wrong_size_mask_names_both_files_and_sizes(tmp_path):
     assert [s.name for s in ds] == ["s0"]
     problem = problem_for(ds, "s1.png")
     assert problem.action == "skipped"
-    for text in ("16x12", "32x24", str(tmp_path / "images" / "s1.png"),
-                 str(tmp_path / "masks" / "s1.png"), "re-export the mask at the image's size"):
+    for text in (
+        "16x12",
+        "32x24",
+        str(tmp_path / "images" / "s1.png"),
+        str(tmp_path / "masks" / "s1.png"),
+        "re-export the mask at the image's size",
+    ):
         assert text in problem.reason
 
 

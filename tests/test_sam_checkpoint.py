@@ -52,6 +52,22 @@ def test_spec_with_published_arch_rejects_a_small_checkpoint(tmp_path, small_sam
         load_fm(f"sam:vit_b:{path}")
 
 
+def test_tiny_spec_with_a_foreign_file_says_what_to_use(tmp_path, small_sam):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": small_sam.state_dict()}, foreign)  # readable, but not tiny format
+    with pytest.raises(CheckpointError, match="not in the tiny FM format") as err:
+        load_fm(f"tiny:{foreign}")
+    for hint in (str(foreign), "pretrain_tiny_fm.py", "sam:ARCH:PATH"):
+        assert hint in str(err.value)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read") as err:
+        load_fm(f"tiny:{garbage}")
+    assert str(garbage) in str(err.value) and "sam:ARCH:PATH" in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        load_fm(f"tiny:{tmp_path / 'missing.pt'}")
+
+
 def test_missing_and_unreadable_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_sam_checkpoint(tmp_path / "nope.pth", "vit_b")

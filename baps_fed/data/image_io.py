@@ -19,8 +19,14 @@ from baps_fed.data.sample import DatasetError
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 # What Pillow raises on missing, truncated or corrupt files (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error,
-                  Image.DecompressionBombError)
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    zlib.error,
+    Image.DecompressionBombError,
+)
 
 
 class ImageReadError(DatasetError):
@@ -46,16 +52,24 @@ def _decode(path: str | Path, to_array: Callable[[Image.Image], np.ndarray]) -> 
 
 
 def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    """High-bit-depth grey levels -> 0..255.
+    """High-bit-depth or float grey levels -> 0..255, rounded to the nearest level.
 
-    Values already within 0..255 are kept; otherwise the image's own [min, max] is stretched
-    linearly, because 16-bit medical exports often use only 10-12 bits and dividing by 65535
-    would leave them almost black.
+    Float images within 0..1 (the usual float convention) are scaled by 255. Other values already
+    within 0..255 are kept; otherwise the image's own [min, max] is stretched linearly, because
+    16-bit medical exports often use only 10-12 bits and dividing by 65535 would leave them
+    almost black.
     """
     v = values.astype(np.float64)
+    if v.size == 0:
+        return np.zeros(v.shape, dtype=np.uint8)
+    finite = np.isfinite(v)
+    if not finite.all():  # NaN/Inf pixels (float TIFFs) count as black, not as the range
+        v = np.where(finite, v, 0.0)
     lo, hi = float(v.min()), float(v.max())
+    if values.dtype.kind == "f" and lo >= 0 and hi <= 1:
+        return np.round(v * 255.0).astype(np.uint8)
     if lo >= 0 and hi <= 255:
-        return v.astype(np.uint8)
+        return np.round(v).astype(np.uint8)
     if hi == lo:
         return np.zeros(v.shape, dtype=np.uint8)
     return np.round((v - lo) * (255.0 / (hi - lo))).astype(np.uint8)
@@ -72,8 +86,9 @@ def read_image(path: str | Path) -> np.ndarray:
     """An image file as RGB ``uint8 [H, W, 3]``.
 
     - Grayscale (``L``, ``1``), palette (``P``) and CMYK/YCbCr images are converted to RGB.
-    - 16/32-bit and float grayscale (``I;16``, ``I``, ``F``) is brought to 0..255 (kept as is when
-      it already lies in 0..255, else stretched from the image's min..max) and repeated x3.
+    - 16/32-bit and float grayscale (``I;16``, ``I``, ``F``) is brought to 0..255 (float images
+      within 0..1 are scaled by 255; other values already within 0..255 are kept; else the
+      image's min..max is stretched), rounded to the nearest level, and repeated x3.
     - Alpha (``RGBA``, ``LA``, ``PA``) is dropped, not composited: the colour under a transparent
       pixel is kept.
     - Multi-frame files (TIFF stacks) give their first frame. EXIF orientation is ignored, so the
@@ -143,8 +158,10 @@ def binarize_mask(values: np.ndarray) -> tuple[np.ndarray, str | None]:
         return values != 0, None
     level = half_level(values)
     shown = ", ".join(f"{v:g}" for v in levels[:4]) + (", ..." if levels.size > 4 else "")
-    note = (f"non-binary mask ({levels.size} distinct values: {shown}; e.g. JPEG artefacts); "
-            f"thresholded at {level:g}")
+    note = (
+        f"non-binary mask ({levels.size} distinct values: {shown}; e.g. JPEG artefacts); "
+        f"thresholded at {level:g}"
+    )
     return values >= level, note
 
 

@@ -16,6 +16,13 @@ from baps_fed.data.general import general_dataset
 from baps_fed.data.modalities import MODALITIES, make_case, synthetic_dataset
 from baps_fed.data.sample import SegmentationDataset
 
+# Seed s of the ``general`` source draws cases GENERAL_SEED0 + s * GENERAL_SEED_STRIDE + i,
+# i < n: a fixed stride keeps the datasets of different seeds disjoint whatever n each asks for
+# (n must not exceed the stride). Seed 0 is the zero-shot evaluation set of
+# simulations/eval_zero_shot.py; seeds >= 20 would reach the image-encoder corpus (40_000_000).
+GENERAL_SEED0 = 20_000_000
+GENERAL_SEED_STRIDE = 1_000_000
+
 
 def open_source(
     source: str,
@@ -29,7 +36,12 @@ def open_source(
     if source in MODALITIES:
         return synthetic_dataset(source, n, seed=seed, scanner=scanner)
     if source == "general":
-        return general_dataset(n, seed0=20_000_000 + seed * n)
+        if n > GENERAL_SEED_STRIDE:
+            raise ValueError(
+                f"general source: n={n} cases; at most {GENERAL_SEED_STRIDE} per seed (more "
+                "would overlap the next seed's cases): use several seeds instead"
+            )
+        return general_dataset(n, seed0=GENERAL_SEED0 + seed * GENERAL_SEED_STRIDE)
     from baps_fed.data.readers import open_dataset  # real layouts: only when a path is given
 
     return open_dataset(Path(source), layout=layout, size=size)

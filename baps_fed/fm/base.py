@@ -35,7 +35,11 @@ class QueryMeter:
 def validate_query(
     images: np.ndarray, points: np.ndarray, labels: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check a query against the contract and return (images, points float32, labels int64)."""
+    """Check a query against the contract and return (images, points float32, labels int64).
+
+    The images come back C-contiguous (a flipped or strided view is copied), so implementations
+    may wrap them with ``torch.from_numpy``, which refuses negative strides.
+    """
     if not isinstance(images, np.ndarray):
         raise FMInputError(
             f"images must be a numpy uint8 array [B,H,W,3], got {type(images).__name__}"
@@ -77,7 +81,7 @@ def validate_query(
         raise FMInputError(f"labels must have shape [B,N] = {points.shape[:2]}, got {labels.shape}")
     if not np.isin(labels, (0, 1)).all():
         raise FMInputError("labels must be 1 (foreground) or 0 (background)")
-    return images, points, labels.astype(np.int64)
+    return np.ascontiguousarray(images), np.ascontiguousarray(points), labels.astype(np.int64)
 
 
 class BlackboxFM(ABC):

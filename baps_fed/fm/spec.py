@@ -28,8 +28,15 @@ def load_fm(
     """Instantiate the FM a spec string names."""
     kind, _, rest = spec.partition(":")
     if kind == "tiny":
+        if multimask:
+            # The tiny FM is trained on the single-mask token only; its multimask tokens are
+            # untrained, so their masks would be noise.
+            raise FMSpecError(
+                f"FM spec {spec!r}: multimask is not supported by the tiny FM (it was trained on "
+                "the single-mask output only); drop multimask, or use a segment-anything "
+                "checkpoint (sam:ARCH:PATH or medsam:PATH)"
+            )
         sam, _ = load_tiny_sam(rest or None)
-        # The tiny FM is trained on the single-mask token only; its multimask tokens are unused.
         return TorchSamFM(
             BatchedSam(sam, multimask=False), spec, device, budget_images=budget_images
         )

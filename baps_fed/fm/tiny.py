@@ -15,6 +15,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from baps_fed.fm.sam_builder import SamArchitecture, build_sam
+from baps_fed.fm.sam_checkpoint import CheckpointError
 
 WEIGHTS_FILE = "tiny_sam.pt"
 
@@ -37,11 +38,36 @@ def load_tiny_sam(path: Path | None = None) -> tuple[Sam, dict]:
             f"tiny FM weights not found at {path}; reinstall baps-fed, or pretrain them with "
             "`python simulations/pretrain_tiny_fm.py`"
         )
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    what_to_do = (
+        "use a file written by `python simulations/pretrain_tiny_fm.py` (tiny:PATH), or load "
+        "a segment-anything checkpoint with sam:ARCH:PATH (or medsam:PATH)"
+    )
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise CheckpointError(
+            f"{path}: cannot be read as a tiny FM weights file ({err}); {what_to_do}"
+        ) from err
+    if (
+        not isinstance(blob, dict)
+        or not isinstance(blob.get("config"), dict)
+        or not isinstance(blob.get("state_dict"), dict)
+    ):
+        found = sorted(map(str, blob))[:5] if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(
+            f"{path} is not in the tiny FM format (a dict with 'config' and 'state_dict'; "
+            f"found {found}); {what_to_do}"
+        )
     known = {f.name for f in fields(SamArchitecture)}
     cfg = {
         k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items() if k in known
     }
-    sam = build_sam(SamArchitecture(**cfg))
-    sam.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
-    return sam.eval(), blob.get("meta", {})
+    try:
+        sam = build_sam(SamArchitecture(**cfg))
+        sam.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+        raise CheckpointError(
+            f"{path}: its config and weights do not make a tiny FM ({err}); {what_to_do}"
+        ) from err
+    meta = blob.get("meta", {})
+    return sam.eval(), meta if isinstance(meta, dict) else {}

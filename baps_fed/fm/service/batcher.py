@@ -8,6 +8,11 @@ every waiting job with the same (H, W, N points) as the oldest, up to ``max_batc
 FM call; then it splits the logits back per job. Jobs of another shape wait for the next call
 (only equal shapes can be stacked; padding points would change SAM's output). A job larger than
 ``max_batch`` runs alone (the FM chunks it itself). ``max_batch=1`` turns merging off.
+
+Shutdown: ``stop`` closes the batcher under the same lock ``submit`` queues under, so a job is
+either queued before the worker's last look at the queue (and run) or refused at once with
+``BatcherClosed``; jobs still queued when the worker exits fail with ``BatcherClosed`` rather
+than leave their handlers waiting for a result that will never come.
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from baps_fed.fm.base import BlackboxFM
+
+
+class BatcherClosed(RuntimeError):
+    """The FM server is shutting down: the job was refused or will never run."""
+
+
+SHUTTING_DOWN = "the FM server is shutting down"
 
 
 @dataclass(eq=False)  # identity, not array comparison: jobs are removed from a list
@@ -76,23 +88,30 @@ class MicroBatcher:
         self._stats = BatchStats()
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards _stop against submit's put (see the module doc)
         self._thread = threading.Thread(target=self._run, name="fm-batcher", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """Finish what is queued, then end the worker."""
-        self._stop.set()
+        """Refuse new jobs, finish what is queued, then end the worker."""
+        with self._lock:
+            self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self._fail_leftovers()  # a worker that never started (or died) leaves jobs behind
 
     def submit(self, images: np.ndarray, points: np.ndarray, labels: np.ndarray) -> Job:
-        """Queue validated inputs; the job's future gets logits float32 [B,H,W] or the error."""
-        if self._stop.is_set():
-            raise RuntimeError("the FM batcher is shutting down")
+        """Queue validated inputs; the job's future gets logits float32 [B,H,W] or the error.
+
+        Raises ``BatcherClosed`` at once after ``stop`` (or once the worker has ended).
+        """
         job = Job(images, points, labels)
-        self._queue.put(job)
+        with self._lock:
+            if self._stop.is_set():
+                raise BatcherClosed(f"{SHUTTING_DOWN}; no new requests are taken")
+            self._queue.put(job)
         return job
 
     def stats(self) -> BatchStats:
@@ -135,9 +154,34 @@ class MicroBatcher:
         same = sum(j.n for j in self._pending if j.key == head.key)
         return same >= self.max_batch or time.monotonic() - head.arrived >= self.wait_s
 
+    def _fail_leftovers(self) -> None:
+        """Fail every job that will never run; from here on ``submit`` refuses new ones."""
+        with self._lock:
+            self._stop.set()
+            leftovers = list(self._pending)
+            self._pending.clear()
+            while True:
+                try:
+                    leftovers.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+        for job in leftovers:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(
+                    BatcherClosed(f"{SHUTTING_DOWN}; this request was not run, retry it later")
+                )
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._fail_leftovers()
+
+    def _loop(self) -> None:
         while True:
             if not self._pending:
+                # Once _stop is set (under the lock) nothing more is queued, so an empty queue
+                # here stays empty.
                 if self._stop.is_set() and self._queue.empty():
                     return
                 self._drain(0.1)

@@ -8,6 +8,7 @@ what was wrong, which the server returns as INVALID_ARGUMENT.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,17 @@ NUMPY_DTYPES: dict[int, np.dtype] = {
 DTYPE_NAMES = {UINT8: "uint8", INT32: "int32", FLOAT16: "float16", FLOAT32: "float32"}
 OUTPUT_DTYPES = {"float32": FLOAT32, "float16": FLOAT16}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def max_pixels_for(max_message_bytes: int) -> int:
+    """The most decoded pixels (B*H*W) a request may hold under a server's message limit.
+
+    Its reply needs at least 2 bytes (float16 logits) per pixel, so a request holding more could
+    never be answered: larger PNG batches are refused before any pixel is decoded, which bounds
+    the memory a small PNG declaring huge dimensions (a decompression bomb) can claim.
+    """
+    return max(1, max_message_bytes // NUMPY_DTYPES[FLOAT16].itemsize)
 
 
 class RequestError(FMInputError):
@@ -76,18 +88,43 @@ def encode_png(image: np.ndarray, compress_level: int = 3) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes, index: int) -> np.ndarray:
+def png_size(data: bytes, index: int) -> tuple[int, int]:
+    """(width, height) as a PNG's IHDR header declares them, read without decoding anything."""
+    if len(data) < 24 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise RequestError(
+            f"PNG image {index} cannot be decoded: no PNG signature and IHDR header; "
+            "send 8-bit RGB PNG files"
+        )
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+def decode_png(data: bytes, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One PNG as uint8 [H,W,3]; ``size`` (W, H), when given, is checked before pixels load."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format != "PNG":
                 raise RequestError(f"image {index} is {im.format}, not PNG")
             if im.mode != "RGB":
                 raise RequestError(f"PNG image {index} has mode {im.mode}; send 8-bit RGB images")
+            if size is not None and im.size != size:
+                raise RequestError(
+                    f"PNG image {index} is {im.size[0]}x{im.size[1]}, expected {size[0]}x{size[1]}"
+                )
             return np.asarray(im, dtype=np.uint8)
     except RequestError:
         raise
     except Exception as err:  # PIL raises many types for corrupt or hostile files
         raise RequestError(f"PNG image {index} cannot be decoded: {err}") from err
+
+
+def _check_pixels(b: int, h: int, w: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and b * h * w > max_pixels:
+        raise RequestError(
+            f"images declare {b}x{h}x{w} = {b * h * w} pixels, more than this server decodes "
+            f"per request ({max_pixels}, set by its message limit); send fewer or smaller "
+            "images per call"
+        )
 
 
 def fill_images(msg: Any, images: np.ndarray, png: bool) -> None:
@@ -98,21 +135,36 @@ def fill_images(msg: Any, images: np.ndarray, png: bool) -> None:
         fill_tensor(msg.raw, images, UINT8)
 
 
-def read_images(msg: Any) -> np.ndarray:
+def read_images(msg: Any, max_pixels: int | None = None, batch: int | None = None) -> np.ndarray:
+    """uint8 [B,H,W,3] from raw bytes or PNGs.
+
+    PNG headers are checked before any pixel is decoded: every image must declare the same
+    W x H, ``batch`` (when given, the B of the request's points) images must be sent, and
+    B*H*W must not exceed ``max_pixels``.
+    """
     which = msg.WhichOneof("payload")
     if which == "raw":
         images = read_tensor(msg.raw, "images", UINT8, 4)
+        _check_pixels(*images.shape[:3], max_pixels)
     elif which == "png":
-        if not msg.png.png:
+        files = list(msg.png.png)
+        if not files:
             raise RequestError("empty query: no PNG images in the batch")
-        decoded = [decode_png(data, i) for i, data in enumerate(msg.png.png)]
-        sizes = {im.shape for im in decoded}
-        if len(sizes) > 1:
+        if batch is not None and len(files) != batch:
             raise RequestError(
-                f"PNG images of one batch must share H, W; got {sorted(sizes)}: "
+                f"{len(files)} PNG images but points have shape [B,N,2] with B={batch}; "
+                "send one PNG per row of points"
+            )
+        sizes = [png_size(data, i) for i, data in enumerate(files)]
+        if len(set(sizes)) > 1:
+            shown = sorted({f"{w}x{h}" for w, h in sizes})
+            raise RequestError(
+                f"PNG images of one batch must share H, W; got {shown}: "
                 "resize them or send separate requests"
             )
-        images = np.stack(decoded)
+        w, h = sizes[0]
+        _check_pixels(len(files), h, w, max_pixels)
+        images = np.stack([decode_png(data, i, (w, h)) for i, data in enumerate(files)])
     else:
         raise RequestError("images missing: set images.raw (uint8 [B,H,W,3]) or images.png")
     if images.shape[-1] != 3:
@@ -139,9 +191,10 @@ def encode_request(
     return request
 
 
-def decode_request(request: Any) -> DecodedRequest:
-    images = read_images(request.images)
+def decode_request(request: Any, max_pixels: int | None = None) -> DecodedRequest:
+    """Checked arrays of a ``SegmentRequest``; ``max_pixels`` bounds B*H*W (see max_pixels_for)."""
     points = read_tensor(request.points, "points", FLOAT32, 3)
+    images = read_images(request.images, max_pixels, batch=points.shape[0])
     labels = None
     if request.HasField("labels"):
         labels = read_tensor(request.labels, "labels", INT32, 2)

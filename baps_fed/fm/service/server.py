@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from baps_fed.fm.base import BlackboxFM, FMInputError, QueryBudgetExceeded, validate_query
 from baps_fed.fm.service import codec, protos
-from baps_fed.fm.service.batcher import BatchStats, MicroBatcher
+from baps_fed.fm.service.batcher import BatcherClosed, BatchStats, MicroBatcher
 from baps_fed.fm.service.errors import ERROR_KEY, RETRY_AFTER_KEY
 from baps_fed.fm.service.ledger import Ledger, MeteringWriter, Refused
 from baps_fed.fm.service.tokens import (
@@ -51,6 +51,9 @@ class ServeConfig:
     metering: Path | None = None  # per-client usage JSON; also read back at start (quotas)
     metering_interval_s: float = 10.0
     max_message_mb: float = 64.0  # largest request/response, both directions
+    # Most decoded pixels (B*H*W) per request, checked on PNG headers before decoding; None:
+    # codec.max_pixels_for(max message), the most any answerable request can hold.
+    max_decoded_pixels: int | None = None
     max_batch: int = 16  # most images in one FM call; 1 turns micro-batching off
     batch_wait_ms: float = 5.0  # longest wait for other requests to merge with
     workers: int = 32  # request-handler threads (concurrent requests being decoded/waited on)
@@ -67,6 +70,8 @@ class ServeConfig:
                 raise FileNotFoundError(f"TLS file {path} not found")
         if self.max_batch < 1 or self.batch_wait_ms < 0 or self.max_message_mb <= 0:
             raise ValueError("need --max-batch >= 1, --batch-wait-ms >= 0, --max-message-mb > 0")
+        if self.max_decoded_pixels is not None and self.max_decoded_pixels < 1:
+            raise ValueError("max_decoded_pixels must be >= 1 (or None: from --max-message-mb)")
 
 
 def _size(n: int) -> str:
@@ -91,12 +96,16 @@ class _Servicer:
         ledger: Ledger,
         policies: dict[str, ClientPolicy] | None,
         max_message_bytes: int,
+        max_pixels: int | None = None,
     ) -> None:
         self.pb2, _ = protos.load()
         self.batcher = batcher
         self.ledger = ledger
         self.policies = policies
         self.max_message_bytes = max_message_bytes
+        self.max_pixels = (
+            codec.max_pixels_for(max_message_bytes) if max_pixels is None else max_pixels
+        )
 
     @staticmethod
     def _abort(
@@ -138,7 +147,7 @@ class _Servicer:
     def Segment(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
         policy = self._authenticate(context)
         try:
-            req = codec.decode_request(request)
+            req = codec.decode_request(request, self.max_pixels)
             images, points, labels = validate_query(req.images, req.points, req.labels)
         except FMInputError as err:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
@@ -200,6 +209,8 @@ class _Servicer:
             self._abort(
                 context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"server FM: {err}", kind="quota"
             )
+        except BatcherClosed as err:
+            self._abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
         except Exception as err:
             print(f"fm serve: FM call failed: {err!r}", file=sys.stderr)
             self._abort(
@@ -250,7 +261,7 @@ class FMServer:
             ],
         )
         _, pb2_grpc = protos.load()
-        servicer = _Servicer(self.batcher, self.ledger, policies, max_bytes)
+        servicer = _Servicer(self.batcher, self.ledger, policies, max_bytes, cfg.max_decoded_pixels)
         pb2_grpc.add_FMServiceServicer_to_server(servicer, server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
