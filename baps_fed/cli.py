@@ -59,11 +59,47 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from baps_fed.data.sources import open_source
+    from baps_fed.evaluation import evaluate_fm
+    from baps_fed.fm.spec import load_fm
+
     print(
         "baps-fed simulate: federated training is not built yet (it lands with the federation "
         "work).\nFor now this evaluates the default scenario's sites zero-shot with the FM."
     )
-    _print_table(_zero_shot_rows(args.fm, list(DEFAULT_SITES), args.n, args.seed, 0, "auto"))
+    sites = list(DEFAULT_SITES)
+    datasets = [open_source(s, n=args.n, seed=args.seed) for s in sites]
+
+    def site_row(site: str, ds, fm) -> dict:
+        return {"data": site, **evaluate_fm(fm, ds, point_seed=args.seed).summary()}
+
+    if not args.shared_fm:
+        fm = load_fm(args.fm)
+        rows = [site_row(s, ds, fm) for s, ds in zip(sites, datasets, strict=True)]
+    else:
+        from baps_fed.fm.service.server import FMServer, ServeConfig
+
+        server = FMServer(load_fm(args.fm), ServeConfig(host="127.0.0.1", port=0))
+        port = server.start()
+        print(f"shared FM service for all sites on 127.0.0.1:{port}")
+        try:  # every site queries the one service at the same time, as hospitals would
+            with ThreadPoolExecutor(len(sites)) as pool:
+                rows = list(
+                    pool.map(
+                        lambda job: site_row(job[0], job[1], load_fm(f"grpc://127.0.0.1:{port}")),
+                        zip(sites, datasets, strict=True),
+                    )
+                )
+            stats = server.stats()
+        finally:
+            server.stop()
+        print(
+            f"service: {stats.fm_calls} FM calls for {stats.requests} requests "
+            f"({stats.merged_calls} calls merged several sites' requests); stopped"
+        )
+    _print_table(rows)
     return 0
 
 
@@ -270,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("simulate", help="the default multi-site scenario")
+    p.add_argument(
+        "--shared-fm",
+        action="store_true",
+        help="start one gRPC FM service that every site queries; stop it at the end",
+    )
     p.add_argument("--fm", default="tiny")
     p.add_argument("--n", type=int, default=100, help="synthetic cases per site")
     p.add_argument("--seed", type=int, default=0)

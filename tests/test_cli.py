@@ -40,3 +40,23 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "error" in err and "missing" in err
+
+
+def test_simulate_with_a_shared_fm_service(tmp_path, capsys, small_sam):
+    import re
+    import socket
+
+    from baps_fed.fm.tiny import save_tiny_weights
+    from tests.conftest import SMALL_ARCH
+
+    weights = tmp_path / "small.pt"
+    save_tiny_weights(weights, small_sam, SMALL_ARCH, {})
+    assert main(["simulate", "--shared-fm", "--fm", f"tiny:{weights}", "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", out).group(1))
+    for site in ("dermoscopy", "colonoscopy", "fundus", "ultrasound"):
+        assert re.search(rf"^{site}\s+3\s", out, re.M), out
+    calls, requests = map(int, re.search(r"(\d+) FM calls for (\d+) requests", out).groups())
+    assert requests == 4 and 1 <= calls <= 4
+    with socket.socket() as s:  # the service was stopped
+        assert s.connect_ex(("127.0.0.1", port)) != 0
