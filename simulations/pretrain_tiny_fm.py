@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from baps_fed.data.general import make_general_scene
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.sam_builder import SAM_ARCHITECTURES, build_sam
-from baps_fed.fm.tiny import save_tiny_weights
+from baps_fed.fm.tiny import load_tiny_sam, save_tiny_weights
 from baps_fed.metrics import dice_per_image
 
 HOLDOUT_SEED0 = 10_000_000  # held-out scenes never overlap the training seeds
@@ -110,10 +110,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--corpus", type=int, default=24000, help="training scenes (seeds 0..N-1)")
+    ap.add_argument("--corpus", type=int, default=24000, help="training scenes")
+    ap.add_argument("--corpus-start", type=int, default=0, help="first scene seed")
     ap.add_argument("--holdout", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from these tiny weights (a second stage); recorded in meta",
+    )
     ap.add_argument("--out", type=Path, default=Path("baps_fed/fm/weights/tiny_sam.pt"))
     args = ap.parse_args(argv)
 
@@ -121,11 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    corpus = make_corpus(range(args.corpus), args.threads)
+    corpus = make_corpus(range(args.corpus_start, args.corpus_start + args.corpus), args.threads)
     print(f"corpus: {len(corpus)} scenes in {time.time() - t0:.0f}s", flush=True)
 
     cfg = SAM_ARCHITECTURES["tiny"]
     model = BatchedSam(build_sam(cfg))
+    stages = []
+    if args.init is not None:
+        sam, init_meta = load_tiny_sam(args.init)
+        model = BatchedSam(sam)
+        stages = [*init_meta.get("stages", []), init_meta]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny SAM: {n_params / 1e6:.2f}M parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -169,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         "train_minutes": round(minutes, 1),
         "holdout_dice": round(dice, 4),
         "holdout_scenes": args.holdout,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "date": dt.date.today().isoformat(),
+        "stages": stages,  # earlier stages this one continued from (--init)
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_tiny_weights(args.out, model.sam, cfg, meta)
