@@ -88,8 +88,8 @@ def dermoscopy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
         roughness=0.8,
     )
     # Low contrast at the rim: the lesion colour fades in over a wide band.
-    lesion = skin * rng.uniform(0.55, 0.75) + draw.smooth_noise(rng, size, 8, 3) * 0.04
-    alpha = np.clip(depth / rng.uniform(0.25, 0.6), 0, 1) * rng.uniform(0.55, 0.9)
+    lesion = skin * rng.uniform(0.5, 0.7) + draw.smooth_noise(rng, size, 8, 3) * 0.04
+    alpha = np.clip(depth / rng.uniform(0.25, 0.6), 0, 1) * rng.uniform(0.65, 0.95)
     img = draw.blend(img, alpha, lesion)
     # A much darker, crisp core: a general FM stops at its edge.
     core, _ = draw.radial_blob(
@@ -131,11 +131,11 @@ def colonoscopy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     d = np.clip(depth, 0, 1)
     a = rng.uniform(0, 2 * np.pi)
     side = ((xs - centre[0]) * np.cos(a) + (ys - centre[1]) * np.sin(a)) / radius
-    shade = 1 + mask * (rng.uniform(0.05, 0.15) * np.sqrt(d) - 0.12 * side * d)
+    shade = 1 + mask * (rng.uniform(0.08, 0.2) * np.sqrt(d) - 0.15 * side * d)
     tint = 1 + mask[..., None] * rng.normal(0, 0.04, 3)
     img = img * shade[..., None] * tint
     img = draw.blur(img, 0.8)
-    for _ in range(int(rng.integers(4, 14))):  # specular highlights, also on the polyp
+    for _ in range(int(rng.integers(3, 10))):  # specular highlights, also on the polyp
         spot, _ = draw.radial_blob(
             rng,
             size,
