@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-general", type=int, default=500)
     ap.add_argument("--scanners", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seed", type=int, default=0, help="data and point seed")
+    ap.add_argument(
+        "--point-modes",
+        nargs="+",
+        default=["uniform", "centroid"],
+        help="uniform: BAPS's protocol; centroid: SAM's single-point evaluation",
+    )
     ap.add_argument("--out", type=Path, default=Path("simulations/results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -38,20 +44,29 @@ def main(argv: list[str] | None = None) -> None:
     fm = load_fm(args.fm)
     rows = []
     start = time.time()
-    general = general_dataset(args.n_general, seed0=GENERAL_EVAL_SEED0)
-    rows.append(
-        {
-            "data": "general (own domain)",
-            "scanner": "-",
-            **evaluate_fm(fm, general, point_seed=args.seed).summary(),
-        }
-    )
+    sources = [
+        ("general (own domain)", "-", general_dataset(args.n_general, seed0=GENERAL_EVAL_SEED0))
+    ]
     for modality in MODALITIES:
         for scanner in args.scanners:
-            ds = synthetic_dataset(modality, args.n, seed=args.seed, scanner=scanner)
-            s = evaluate_fm(fm, ds, point_seed=args.seed).summary()
-            rows.append({"data": modality, "scanner": scanner, **s})
-            print(f"{modality:<12} scanner {scanner}: Dice {s['dice']:.3f}", flush=True)
+            sources.append(
+                (
+                    modality,
+                    scanner,
+                    synthetic_dataset(modality, args.n, seed=args.seed, scanner=scanner),
+                )
+            )
+    for data, scanner, ds in sources:
+        row = {"data": data, "scanner": scanner, "n": len(ds)}
+        for mode in args.point_modes:
+            s = evaluate_fm(fm, ds, point_seed=args.seed, point_mode=mode).summary()
+            row[mode] = {k: s[k] for k in ("dice", "dice_std", "iou", "hd95")}
+        rows.append(row)
+        print(
+            f"{data:<22} scanner {scanner}: "
+            + ", ".join(f"{m} Dice {row[m]['dice']:.3f}" for m in args.point_modes),
+            flush=True,
+        )
     name = args.fm.replace(":", "_").replace("/", "_")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -67,16 +82,21 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"`python simulations/eval_zero_shot.py --fm {args.fm} --n {args.n} --scanners "
         f"{' '.join(map(str, args.scanners))}`; {args.n} cases per row "
-        f"({args.n_general} for general), points seeded by (seed {args.seed}, case name).",
+        f"({args.n_general} for general), points seeded by (seed {args.seed}, case name); "
+        "uniform: a foreground pixel drawn uniformly (BAPS); centroid: the mask centroid, moved "
+        "into the mask if outside (close to SAM's single-point protocol).",
         "",
-        "| data | scanner | n | Dice | std | IoU | HD95 px |",
-        "|---|---|---|---|---|---|---|",
+        "| data | scanner | n | "
+        + " | ".join(f"Dice ({m} point) | HD95 px ({m})" for m in args.point_modes)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(args.point_modes),
     ]
     for r in rows:
-        lines.append(
-            f"| {r['data']} | {r['scanner']} | {r['n']} | {r['dice']:.3f} | "
-            f"{r['dice_std']:.3f} | {r['iou']:.3f} | {r['hd95']:.1f} |"
+        cells = " | ".join(
+            f"{r[m]['dice']:.3f} ± {r[m]['dice_std']:.3f} | {r[m]['hd95']:.1f}"
+            for m in args.point_modes
         )
+        lines.append(f"| {r['data']} | {r['scanner']} | {r['n']} | {cells} |")
     (args.out / f"zero_shot_{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
