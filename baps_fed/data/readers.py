@@ -101,8 +101,9 @@ def _size_text(shape: tuple[int, ...]) -> str:
     return f"{shape[1]}x{shape[0]}"
 
 
-def _load_mask(pair: Pair, shape: tuple[int, ...], decode: MaskDecoder,
-               problems: _Problems) -> np.ndarray | None:
+def _load_mask(
+    pair: Pair, shape: tuple[int, ...], decode: MaskDecoder, problems: _Problems
+) -> np.ndarray | None:
     """The OR of a pair's masks, or None (with a Problem recorded) when one is unusable."""
     merged = np.zeros(shape[:2], dtype=bool)
     for path in pair.masks:
@@ -112,9 +113,13 @@ def _load_mask(pair: Pair, shape: tuple[int, ...], decode: MaskDecoder,
             problems.skip(path, str(err))
             return None
         if mask.shape != shape[:2]:
-            problems.skip(path, (
-                f"mask {path} is {_size_text(mask.shape)} (WxH) but image {pair.image} is "
-                f"{_size_text(shape)}: re-export the mask at the image's size"))
+            problems.skip(
+                path,
+                (
+                    f"mask {path} is {_size_text(mask.shape)} (WxH) but image {pair.image} is "
+                    f"{_size_text(shape)}: re-export the mask at the image's size"
+                ),
+            )
             return None
         if note:
             problems.add(_note_to_problem(path, note))
@@ -133,26 +138,37 @@ def _load_pair(pair: Pair, decode: MaskDecoder, problems: _Problems) -> Sample |
         return None
     if not mask.any():
         where = ", ".join(str(p) for p in pair.masks)
-        problems.add(Problem(where, "empty mask: no foreground to place a positive point on",
-                             "skipped"))
+        problems.add(
+            Problem(where, "empty mask: no foreground to place a positive point on", "skipped")
+        )
         return None
     return Sample(image, mask, pair.name)
 
 
-def _no_samples_error(folder: Path, files_found: int, problems: list[Problem],
-                      expected: str) -> DatasetError:
+def _no_samples_error(
+    folder: Path, files_found: int, problems: list[Problem], expected: str
+) -> DatasetError:
     shown = "".join(f"\n  - {p.path}: {p.reason}" for p in problems[:_SHOWN_PROBLEMS])
     more = len(problems) - _SHOWN_PROBLEMS
     tail = f"\n  ... and {more} more" if more > 0 else ""
     first = f" First problems:{shown}{tail}" if problems else ""
     return DatasetError(
         f"no usable image/mask pairs in {folder} ({files_found} image/mask files found). "
-        f"Expected {expected}.{first}")
+        f"Expected {expected}.{first}"
+    )
 
 
-def _load(pairs: Iterable[Pair], problems: _Problems, *, folder: Path, name: str,
-          expected: str, files_found: int, decode: MaskDecoder = read_mask,
-          size: int | None = None) -> SegmentationDataset:
+def _load(
+    pairs: Iterable[Pair],
+    problems: _Problems,
+    *,
+    folder: Path,
+    name: str,
+    expected: str,
+    files_found: int,
+    decode: MaskDecoder = read_mask,
+    size: int | None = None,
+) -> SegmentationDataset:
     """Load every pair under the bad-input rules in the module docstring, sorted by name."""
     samples = []
     for pair in sorted(pairs, key=lambda p: p.name):
@@ -190,19 +206,24 @@ def _require_subdir(folder: Path, names: tuple[str, ...], expected: str) -> Path
     if found is None:
         raise DatasetError(
             f"{folder} has no {' or '.join(repr(n + '/') for n in names)} folder "
-            f"(found: {_describe(folder)}). Expected {expected}.")
+            f"(found: {_describe(folder)}). Expected {expected}."
+        )
     return found
 
 
 def _list_images(folder: Path, recursive: bool = False) -> list[Path]:
     """Image files in ``folder`` (and below it when ``recursive``), sorted."""
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.is_file() and is_image_file(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in found
+        if p.is_file()
+        and is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
-def _index(paths: list[Path], key: Callable[[Path], str],
-           problems: _Problems) -> dict[str, Path]:
+def _index(paths: list[Path], key: Callable[[Path], str], problems: _Problems) -> dict[str, Path]:
     """Files by matching key; files sharing a key are ambiguous and all skipped (reported)."""
     groups: dict[str, list[Path]] = {}
     for path in paths:
@@ -211,23 +232,36 @@ def _index(paths: list[Path], key: Callable[[Path], str],
         if len(group) > 1:
             names = ", ".join(str(p) for p in group)
             for path in group:
-                problems.skip(path, f"{len(group)} files share the name {k!r} ({names}): "
-                                    "keep only one of them")
+                problems.skip(
+                    path,
+                    f"{len(group)} files share the name {k!r} ({names}): keep only one of them",
+                )
     return {k: group[0] for k, group in groups.items() if len(group) == 1}
 
 
-def _pair_up(images: dict[str, Path], masks: dict[str, tuple[Path, ...]], problems: _Problems,
-             mask_hint: str, image_hint: str) -> list[Pair]:
+def _pair_up(
+    images: dict[str, Path],
+    masks: dict[str, tuple[Path, ...]],
+    problems: _Problems,
+    mask_hint: str,
+    image_hint: str,
+) -> list[Pair]:
     """Pairs for keys present on both sides; every unmatched file is recorded as a Problem."""
     for key in sorted(images.keys() - masks.keys()):
         hint = mask_hint.format(key=key)
-        problems.skip(images[key], f"no mask found for image {images[key]} (looked for {hint}): "
-                                   "add the mask or remove the image")
+        problems.skip(
+            images[key],
+            f"no mask found for image {images[key]} (looked for {hint}): "
+            "add the mask or remove the image",
+        )
     for key in sorted(masks.keys() - images.keys()):
         hint = image_hint.format(key=key)
         for path in masks[key]:
-            problems.skip(path, f"no image found for mask {path} (looked for {hint}): "
-                                "add the image or remove the mask")
+            problems.skip(
+                path,
+                f"no image found for mask {path} (looked for {hint}): "
+                "add the image or remove the mask",
+            )
     return [Pair(key, images[key], masks[key]) for key in sorted(images.keys() & masks.keys())]
 
 
@@ -235,23 +269,45 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _read_matched(root: Path, image_dir: Path, mask_dir: Path, *, name: str, expected: str,
-                  strict: bool, size: int | None, recursive: bool = False,
-                  mask_key: Callable[[Path], str] = _stem,
-                  image_filter: Callable[[Path], bool] | None = None,
-                  decode: MaskDecoder = read_mask) -> SegmentationDataset:
+def _read_matched(
+    root: Path,
+    image_dir: Path,
+    mask_dir: Path,
+    *,
+    name: str,
+    expected: str,
+    strict: bool,
+    size: int | None,
+    recursive: bool = False,
+    mask_key: Callable[[Path], str] = _stem,
+    image_filter: Callable[[Path], bool] | None = None,
+    decode: MaskDecoder = read_mask,
+) -> SegmentationDataset:
     """Images and masks in two folders, matched by (mask) name stem, then loaded."""
     problems = _Problems(strict)
-    image_files = [p for p in _list_images(image_dir, recursive)
-                   if image_filter is None or image_filter(p)]
+    image_files = [
+        p for p in _list_images(image_dir, recursive) if image_filter is None or image_filter(p)
+    ]
     mask_files = _list_images(mask_dir, recursive)
     images = _index(image_files, _stem, problems)
     masks = {k: (p,) for k, p in _index(mask_files, mask_key, problems).items()}
-    pairs = _pair_up(images, masks, problems,
-                     mask_hint=f"a mask for {{key!r}} in {mask_dir}",
-                     image_hint=f"an image named {{key!r}} in {image_dir}")
-    return _load(pairs, problems, folder=root, name=name, expected=expected,
-                 files_found=len(image_files) + len(mask_files), decode=decode, size=size)
+    pairs = _pair_up(
+        images,
+        masks,
+        problems,
+        mask_hint=f"a mask for {{key!r}} in {mask_dir}",
+        image_hint=f"an image named {{key!r}} in {image_dir}",
+    )
+    return _load(
+        pairs,
+        problems,
+        folder=root,
+        name=name,
+        expected=expected,
+        files_found=len(image_files) + len(mask_files),
+        decode=decode,
+        size=size,
+    )
 
 
 def _dataset_name(root: Path, fallback: str) -> str:
@@ -262,26 +318,39 @@ def _dataset_name(root: Path, fallback: str) -> str:
 # Readers
 
 
-GENERIC_EXPECTED = ("a folder with images/ and masks/ holding files with identical name stems "
-                    "(.png .jpg .jpeg .bmp .tif .tiff)")
+GENERIC_EXPECTED = (
+    "a folder with images/ and masks/ holding files with identical name stems "
+    "(.png .jpg .jpeg .bmp .tif .tiff)"
+)
 
 
-def read_generic(root: str | Path, *, strict: bool = False,
-                 size: int | None = None) -> SegmentationDataset:
+def read_generic(
+    root: str | Path, *, strict: bool = False, size: int | None = None
+) -> SegmentationDataset:
     """``root/images/*`` and ``root/masks/*`` matched by identical stems (any image suffix)."""
     root = _require_dir(Path(root), GENERIC_EXPECTED)
     image_dir = _require_subdir(root, ("images",), GENERIC_EXPECTED)
     mask_dir = _require_subdir(root, ("masks",), GENERIC_EXPECTED)
-    return _read_matched(root, image_dir, mask_dir, name=_dataset_name(root, "generic"),
-                         expected=GENERIC_EXPECTED, strict=strict, size=size)
+    return _read_matched(
+        root,
+        image_dir,
+        mask_dir,
+        name=_dataset_name(root, "generic"),
+        expected=GENERIC_EXPECTED,
+        strict=strict,
+        size=size,
+    )
 
 
-KVASIR_EXPECTED = ("the Kvasir-SEG layout: images/*.jpg and masks/*.jpg with the same names "
-                   "(e.g. images/cju0qkwl35piu0993l0dewei2.jpg)")
+KVASIR_EXPECTED = (
+    "the Kvasir-SEG layout: images/*.jpg and masks/*.jpg with the same names "
+    "(e.g. images/cju0qkwl35piu0993l0dewei2.jpg)"
+)
 
 
-def read_kvasir(root: str | Path, *, strict: bool = False,
-                size: int | None = None) -> SegmentationDataset:
+def read_kvasir(
+    root: str | Path, *, strict: bool = False, size: int | None = None
+) -> SegmentationDataset:
     """Kvasir-SEG: ``root/images/*.jpg`` and ``root/masks/*.jpg`` with the same stems.
 
     Its masks are JPEGs, so they carry compression artefacts: they are thresholded at 128 and
@@ -290,13 +359,22 @@ def read_kvasir(root: str | Path, *, strict: bool = False,
     root = _require_dir(Path(root), KVASIR_EXPECTED)
     image_dir = _require_subdir(root, ("images",), KVASIR_EXPECTED)
     mask_dir = _require_subdir(root, ("masks",), KVASIR_EXPECTED)
-    return _read_matched(root, image_dir, mask_dir, name=_dataset_name(root, "kvasir"),
-                         expected=KVASIR_EXPECTED, strict=strict, size=size)
+    return _read_matched(
+        root,
+        image_dir,
+        mask_dir,
+        name=_dataset_name(root, "kvasir"),
+        expected=KVASIR_EXPECTED,
+        strict=strict,
+        size=size,
+    )
 
 
-ISIC_EXPECTED = ("the ISIC 2018 Task 1 layout: ISIC2018_Task1-2_<Split>_Input/ISIC_0000000.jpg and "
-                 "ISIC2018_Task1_<Split>_GroundTruth/ISIC_0000000_segmentation.png, <Split> one "
-                 "of Training, Validation, Test")
+ISIC_EXPECTED = (
+    "the ISIC 2018 Task 1 layout: ISIC2018_Task1-2_<Split>_Input/ISIC_0000000.jpg and "
+    "ISIC2018_Task1_<Split>_GroundTruth/ISIC_0000000_segmentation.png, <Split> one "
+    "of Training, Validation, Test"
+)
 ISIC_SPLITS = ("Training", "Validation", "Test")
 _ISIC_DIR = re.compile(r"^(?P<head>.*?)_(?P<kind>input|groundtruth)$", re.IGNORECASE)
 
@@ -318,10 +396,12 @@ def _isic_dirs(root: Path, split: str) -> tuple[Path, Path]:
             return inputs[0], truths[0]
         raise DatasetError(
             f"{root} holds the ISIC 2018 {other[0]!r} split ({inputs[0].name}, "
-            f"{truths[0].name}), not {split!r}: pass split={other[0]!r}")
+            f"{truths[0].name}), not {split!r}: pass split={other[0]!r}"
+        )
     raise DatasetError(
         f"cannot find the ISIC 2018 {split!r} split in {root} (found: {_describe(root)}). "
-        f"Expected {ISIC_EXPECTED}; point at the folder holding them or choose split=...")
+        f"Expected {ISIC_EXPECTED}; point at the folder holding them or choose split=..."
+    )
 
 
 def _of_split(dirs: list[Path], split: str) -> list[Path]:
@@ -336,8 +416,9 @@ def _not_superpixels(path: Path) -> bool:
     return not path.stem.endswith("_superpixels")
 
 
-def read_isic2018(root: str | Path, split: str = "Training", *, strict: bool = False,
-                  size: int | None = None) -> SegmentationDataset:
+def read_isic2018(
+    root: str | Path, split: str = "Training", *, strict: bool = False, size: int | None = None
+) -> SegmentationDataset:
     """ISIC 2018 Task 1 lesion segmentation.
 
     ``root`` holds ``ISIC2018_Task1-2_<split>_Input`` (``ISIC_0000000.jpg``) and
@@ -351,14 +432,24 @@ def read_isic2018(root: str | Path, split: str = "Training", *, strict: bool = F
     """
     root = _require_dir(Path(root), ISIC_EXPECTED)
     image_dir, mask_dir = _isic_dirs(root, split)
-    return _read_matched(root, image_dir, mask_dir, name=image_dir.name, expected=ISIC_EXPECTED,
-                         strict=strict, size=size, mask_key=_isic_mask_key,
-                         image_filter=_not_superpixels)
+    return _read_matched(
+        root,
+        image_dir,
+        mask_dir,
+        name=image_dir.name,
+        expected=ISIC_EXPECTED,
+        strict=strict,
+        size=size,
+        mask_key=_isic_mask_key,
+        image_filter=_not_superpixels,
+    )
 
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
-BUSI_EXPECTED = ("the BUSI layout: benign/, malignant/ and normal/ folders holding "
-                 "'name.png' with 'name_mask.png' (and 'name_mask_1.png', ... for more lesions)")
+BUSI_EXPECTED = (
+    "the BUSI layout: benign/, malignant/ and normal/ folders holding "
+    "'name.png' with 'name_mask.png' (and 'name_mask_1.png', ... for more lesions)"
+)
 _BUSI_MASK = re.compile(r"^(?P<base>.*)_mask(?:_\d+)?$")
 
 
@@ -371,15 +462,20 @@ def _busi_pairs(class_dir: Path, problems: _Problems) -> tuple[list[Pair], int]:
     for stem, path in sorted(mask_files.items()):
         base = _BUSI_MASK.match(stem)["base"]  # type: ignore[index]
         masks[base] = (*masks.get(base, ()), path)
-    pairs = _pair_up(images, masks, problems,
-                     mask_hint=f"'{{key}}_mask.png' in {class_dir}",
-                     image_hint=f"'{{key}}.png' in {class_dir}")
+    pairs = _pair_up(
+        images,
+        masks,
+        problems,
+        mask_hint=f"'{{key}}_mask.png' in {class_dir}",
+        image_hint=f"'{{key}}.png' in {class_dir}",
+    )
     prefixed = [Pair(f"{class_dir.name}/{p.name}", p.image, p.masks) for p in pairs]
     return prefixed, len(files)
 
 
-def read_busi(root: str | Path, *, strict: bool = False,
-              size: int | None = None) -> SegmentationDataset:
+def read_busi(
+    root: str | Path, *, strict: bool = False, size: int | None = None
+) -> SegmentationDataset:
     """BUSI breast ultrasound: ``root/{benign,malignant,normal}/``.
 
     Each image ``name.png`` has ``name_mask.png`` and possibly ``name_mask_1.png``, ... (one per
@@ -390,8 +486,10 @@ def read_busi(root: str | Path, *, strict: bool = False,
     root = _require_dir(Path(root), BUSI_EXPECTED)
     class_dirs = [d for d in (_find_subdir(root, (c,)) for c in BUSI_CLASSES) if d is not None]
     if not class_dirs:
-        raise DatasetError(f"{root} has none of the BUSI class folders {BUSI_CLASSES} "
-                           f"(found: {_describe(root)}). Expected {BUSI_EXPECTED}.")
+        raise DatasetError(
+            f"{root} has none of the BUSI class folders {BUSI_CLASSES} "
+            f"(found: {_describe(root)}). Expected {BUSI_EXPECTED}."
+        )
     problems = _Problems(strict)
     pairs: list[Pair] = []
     files_found = 0
@@ -399,15 +497,24 @@ def read_busi(root: str | Path, *, strict: bool = False,
         class_pairs, n_files = _busi_pairs(class_dir, problems)
         pairs += class_pairs
         files_found += n_files
-    return _load(pairs, problems, folder=root, name=_dataset_name(root, "busi"),
-                 expected=BUSI_EXPECTED, files_found=files_found, size=size)
+    return _load(
+        pairs,
+        problems,
+        folder=root,
+        name=_dataset_name(root, "busi"),
+        expected=BUSI_EXPECTED,
+        files_found=files_found,
+        size=size,
+    )
 
 
 OPTIC_IMAGE_DIRS = ("images", "Images")
 OPTIC_MASK_DIRS = ("masks", "gts", "Disc_Cup_Masks")
-OPTIC_EXPECTED = ("a REFUGE-style optic disc layout: images/ (or Images/) and masks/ (or gts/, "
-                  "Disc_Cup_Masks/, searched recursively) with matching name stems; masks coded "
-                  "0 = cup, 128 = disc rim, 255 = background, or binary with the disc bright")
+OPTIC_EXPECTED = (
+    "a REFUGE-style optic disc layout: images/ (or Images/) and masks/ (or gts/, "
+    "Disc_Cup_Masks/, searched recursively) with matching name stems; masks coded "
+    "0 = cup, 128 = disc rim, 255 = background, or binary with the disc bright"
+)
 
 
 def _decode_optic(path: Path, target: OpticTarget) -> tuple[np.ndarray, str | None]:
@@ -426,19 +533,23 @@ def _decode_optic(path: Path, target: OpticTarget) -> tuple[np.ndarray, str | No
             raise DatasetError(
                 f"optic-disc mask {path} has a dark background, i.e. a binary disc mask with no "
                 "cup label: use target='disc', or REFUGE-coded masks (0 cup, 128 rim, 255 "
-                "background) for the cup")
+                "background) for the cup"
+            )
         return binarize_mask(values)
     level = full / 4 if target == "cup" else 3 * full / 4
     levels = distinct_values(values).size
     note = None
     if levels > 3:
-        note = (f"non-binary optic-disc mask ({levels} distinct values, expected 0/128/255); "
-                f"thresholded at {level:g}")
+        note = (
+            f"non-binary optic-disc mask ({levels} distinct values, expected 0/128/255); "
+            f"thresholded at {level:g}"
+        )
     return values < level, note
 
 
-def read_optic_disc(root: str | Path, target: OpticTarget = "disc", *, strict: bool = False,
-                    size: int | None = None) -> SegmentationDataset:
+def read_optic_disc(
+    root: str | Path, target: OpticTarget = "disc", *, strict: bool = False, size: int | None = None
+) -> SegmentationDataset:
     """REFUGE-style fundus images with optic disc (or cup) masks.
 
     Images under ``root/images`` (or ``Images``), masks under ``root/masks`` (or ``gts``,
@@ -451,9 +562,17 @@ def read_optic_disc(root: str | Path, target: OpticTarget = "disc", *, strict: b
     root = _require_dir(Path(root), OPTIC_EXPECTED)
     image_dir = _require_subdir(root, OPTIC_IMAGE_DIRS, OPTIC_EXPECTED)
     mask_dir = _require_subdir(root, OPTIC_MASK_DIRS, OPTIC_EXPECTED)
-    return _read_matched(root, image_dir, mask_dir, name=_dataset_name(root, "optic_disc"),
-                         expected=OPTIC_EXPECTED, strict=strict, size=size, recursive=True,
-                         decode=functools.partial(_decode_optic, target=target))
+    return _read_matched(
+        root,
+        image_dir,
+        mask_dir,
+        name=_dataset_name(root, "optic_disc"),
+        expected=OPTIC_EXPECTED,
+        strict=strict,
+        size=size,
+        recursive=True,
+        decode=functools.partial(_decode_optic, target=target),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,8 +587,10 @@ READERS: dict[str, Callable[..., SegmentationDataset]] = {
     "optic_disc": read_optic_disc,
 }
 _ALIASES = {"isic": "isic2018", "refuge": "optic_disc", "kvasir-seg": "kvasir"}
-LAYOUT_HELP = (f"isic2018 ({ISIC_EXPECTED}); busi ({BUSI_EXPECTED}); optic_disc "
-               f"({OPTIC_EXPECTED}); kvasir ({KVASIR_EXPECTED}); generic ({GENERIC_EXPECTED})")
+LAYOUT_HELP = (
+    f"isic2018 ({ISIC_EXPECTED}); busi ({BUSI_EXPECTED}); optic_disc "
+    f"({OPTIC_EXPECTED}); kvasir ({KVASIR_EXPECTED}); generic ({GENERIC_EXPECTED})"
+)
 _WRAPPER_DEPTH = 3
 
 
@@ -519,7 +640,8 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
         folder = children[0]
     raise DatasetError(
         f"cannot tell the dataset layout of {root} (found: {_describe(root)}). Supported "
-        f"layouts: {LAYOUT_HELP}. Rearrange the folder, or pass layout=... explicitly.")
+        f"layouts: {LAYOUT_HELP}. Rearrange the folder, or pass layout=... explicitly."
+    )
 
 
 def open_dataset(path: str | Path, layout: str = "auto", **kw) -> SegmentationDataset:
@@ -532,8 +654,10 @@ def open_dataset(path: str | Path, layout: str = "auto", **kw) -> SegmentationDa
         layout, path = detect_layout(path)
     reader = READERS.get(_ALIASES.get(layout, layout))
     if reader is None:
-        raise DatasetError(f"unknown dataset layout {layout!r}; supported: "
-                           f"auto, {', '.join(READERS)} (aliases: {', '.join(_ALIASES)})")
+        raise DatasetError(
+            f"unknown dataset layout {layout!r}; supported: "
+            f"auto, {', '.join(READERS)} (aliases: {', '.join(_ALIASES)})"
+        )
     return reader(path, **kw)
 
 

@@ -24,8 +24,9 @@ def name_position(name: str, salt: str) -> float:
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     if len(fractions) != len(SPLITS) or any(not f >= 0 for f in fractions):
-        raise ValueError(f"fractions must be three non-negative numbers for {SPLITS}, "
-                         f"got {tuple(fractions)}")
+        raise ValueError(
+            f"fractions must be three non-negative numbers for {SPLITS}, got {tuple(fractions)}"
+        )
     total = sum(fractions)
     if not math.isclose(total, 1.0, abs_tol=1e-6):
         raise ValueError(f"fractions must sum to 1, got {tuple(fractions)} (sum {total:g})")
@@ -49,8 +50,9 @@ def _distance(position: float, fractions: tuple[float, ...], split: int) -> floa
     return max(lower - position, position - upper, 0.0)
 
 
-def _fill_empty_splits(assigned: list[int], positions: list[float], names: list[str],
-                       fractions: tuple[float, ...]) -> None:
+def _fill_empty_splits(
+    assigned: list[int], positions: list[float], names: list[str], fractions: tuple[float, ...]
+) -> None:
     """Give each empty split with a nonzero fraction one sample, in place.
 
     For each such split (in train, val, test order), the sample whose hash position lies nearest
@@ -68,8 +70,9 @@ def _fill_empty_splits(assigned: list[int], positions: list[float], names: list[
         assigned[best] = split
 
 
-def split_dataset(ds: SegmentationDataset, fractions: Sequence[float] = (0.7, 0.1, 0.2),
-                  salt: str = "baps-fed") -> dict[str, SegmentationDataset]:
+def split_dataset(
+    ds: SegmentationDataset, fractions: Sequence[float] = (0.7, 0.1, 0.2), salt: str = "baps-fed"
+) -> dict[str, SegmentationDataset]:
     """``{"train", "val", "test"}`` subsets of ``ds``, each named ``<ds.name>/<split>``.
 
     Deterministic and stable: a sample's split depends only on ``salt`` and its name (see the
@@ -87,5 +90,7 @@ def split_dataset(ds: SegmentationDataset, fractions: Sequence[float] = (0.7, 0.
     assigned = [_split_of(p, fracs) for p in positions]
     if len(ds) >= sum(f > 0 for f in fracs):
         _fill_empty_splits(assigned, positions, names, fracs)
-    return {split: ds.subset([i for i, s in enumerate(assigned) if s == k], f"{ds.name}/{split}")
-            for k, split in enumerate(SPLITS)}
+    return {
+        split: ds.subset([i for i, s in enumerate(assigned) if s == k], f"{ds.name}/{split}")
+        for k, split in enumerate(SPLITS)
+    }
