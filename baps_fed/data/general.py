@@ -108,7 +108,7 @@ def make_general_scene(
                 roughness=0.0,
             )
             fill = fill + shade * np.clip(depth, 0, 1)[..., None] - shade / 2
-        image = draw.blend(image, draw.soften(mask, rng.uniform(0, 0.8)) * mask.any(), fill)
+        image = draw.blend(image, draw.soften(mask, rng.uniform(0, 0.8)), fill)
         n += 1
         labels[mask] = n
     # Objects hidden under later ones may have vanished: renumber the visible ones.

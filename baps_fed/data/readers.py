@@ -324,22 +324,29 @@ GENERIC_EXPECTED = (
 )
 
 
-def read_generic(
-    root: str | Path, *, strict: bool = False, size: int | None = None
+def _read_images_and_masks(
+    root: str | Path, kind: str, expected: str, strict: bool, size: int | None
 ) -> SegmentationDataset:
-    """``root/images/*`` and ``root/masks/*`` matched by identical stems (any image suffix)."""
-    root = _require_dir(Path(root), GENERIC_EXPECTED)
-    image_dir = _require_subdir(root, ("images",), GENERIC_EXPECTED)
-    mask_dir = _require_subdir(root, ("masks",), GENERIC_EXPECTED)
+    """``root/images`` + ``root/masks`` matched by stem: the generic and Kvasir-SEG layouts."""
+    root = _require_dir(Path(root), expected)
+    image_dir = _require_subdir(root, ("images",), expected)
+    mask_dir = _require_subdir(root, ("masks",), expected)
     return _read_matched(
         root,
         image_dir,
         mask_dir,
-        name=_dataset_name(root, "generic"),
-        expected=GENERIC_EXPECTED,
+        name=_dataset_name(root, kind),
+        expected=expected,
         strict=strict,
         size=size,
     )
+
+
+def read_generic(
+    root: str | Path, *, strict: bool = False, size: int | None = None
+) -> SegmentationDataset:
+    """``root/images/*`` and ``root/masks/*`` matched by identical stems (any image suffix)."""
+    return _read_images_and_masks(root, "generic", GENERIC_EXPECTED, strict, size)
 
 
 KVASIR_EXPECTED = (
@@ -356,18 +363,7 @@ def read_kvasir(
     Its masks are JPEGs, so they carry compression artefacts: they are thresholded at 128 and
     each one is recorded as a repair Problem (see ``image_io.read_mask``).
     """
-    root = _require_dir(Path(root), KVASIR_EXPECTED)
-    image_dir = _require_subdir(root, ("images",), KVASIR_EXPECTED)
-    mask_dir = _require_subdir(root, ("masks",), KVASIR_EXPECTED)
-    return _read_matched(
-        root,
-        image_dir,
-        mask_dir,
-        name=_dataset_name(root, "kvasir"),
-        expected=KVASIR_EXPECTED,
-        strict=strict,
-        size=size,
-    )
+    return _read_images_and_masks(root, "kvasir", KVASIR_EXPECTED, strict, size)
 
 
 ISIC_EXPECTED = (
