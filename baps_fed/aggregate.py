@@ -1,0 +1,72 @@
+"""How the coordinator turns site updates into the next global decoder (pure numpy).
+
+Sites send ``delta_i = theta_i - theta_global``. The weighted mean of the deltas by example
+counts is the FedAvg pseudo-gradient; a server optimiser then applies it:
+``fedavg`` (theta += lr * mean, lr 1 is plain FedAvg), ``fedavgm`` (server momentum, Hsu et al.
+2019) or ``fedadam`` (Reddi et al. 2021). Its state is plain arrays, so a checkpoint holds it
+and a resumed coordinator continues exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+ServerOpt = Literal["fedavg", "fedavgm", "fedadam"]
+
+
+@dataclass(frozen=True)
+class ServerOptConfig:
+    name: ServerOpt = "fedavg"
+    lr: float = 1.0
+    momentum: float = 0.9  # fedavgm
+    beta1: float = 0.9  # fedadam
+    beta2: float = 0.99
+    tau: float = 1e-3  # fedadam: adaptivity floor
+
+    def __post_init__(self) -> None:
+        if self.name not in ("fedavg", "fedavgm", "fedadam"):
+            raise ValueError(f"server optimiser must be fedavg|fedavgm|fedadam, got {self.name!r}")
+        if not self.lr > 0:
+            raise ValueError(f"server learning rate must be > 0, got {self.lr}")
+
+
+def weighted_mean(updates: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Mean of the updates weighted by example counts (float64 accumulation)."""
+    if not updates:
+        raise ValueError("no updates to aggregate")
+    if len(updates) != len(weights):
+        raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
+    w = np.asarray(weights, np.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"example counts must be >= 0 with a positive total, got {weights}")
+    shape = np.shape(updates[0])
+    if any(np.shape(u) != shape for u in updates):
+        raise ValueError(f"updates differ in shape: {[np.shape(u) for u in updates]}")
+    stacked = np.stack([np.asarray(u, np.float64) for u in updates])
+    return np.tensordot(w / w.sum(), stacked, axes=1)
+
+
+class ServerOptimizer:
+    """Applies the aggregated update to the global decoder; ``state`` round-trips a checkpoint."""
+
+    def __init__(self, cfg: ServerOptConfig, state: dict[str, np.ndarray] | None = None) -> None:
+        self.cfg = cfg
+        self.state: dict[str, np.ndarray] = dict(state or {})
+
+    def step(self, theta: np.ndarray, mean_update: np.ndarray) -> np.ndarray:
+        cfg, d = self.cfg, np.asarray(mean_update, np.float64)
+        if cfg.name == "fedavg":
+            step = d
+        elif cfg.name == "fedavgm":
+            m = cfg.momentum * self.state.get("m", np.zeros_like(d)) + d
+            self.state["m"] = m
+            step = m
+        else:
+            m = cfg.beta1 * self.state.get("m", np.zeros_like(d)) + (1 - cfg.beta1) * d
+            v = cfg.beta2 * self.state.get("v", np.zeros_like(d)) + (1 - cfg.beta2) * d * d
+            self.state["m"], self.state["v"] = m, v
+            step = m / (np.sqrt(v) + cfg.tau)
+        return (np.asarray(theta, np.float64) + cfg.lr * step).astype(np.float32)

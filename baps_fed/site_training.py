@@ -1,0 +1,207 @@
+"""One site of a federation, without Flower: its data, its FM, its local SPSA rounds.
+
+``sites/`` (the Flower ClientApp) is a thin shell around ``LocalSite``; the benchmarks use the
+same class for local-only and pooled training, so every arm runs the same code. A round starts
+from the global decoder, takes ``local_steps`` SPSA-GC steps with the site's own optimiser state
+(kept across rounds), and returns the update ``theta_local - theta_global`` and aggregate metrics.
+Perturbations are named by (master seed, round, site id, step), so any machine can replay them.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from baps_fed.data.sample import SegmentationDataset
+from baps_fed.data.sources import open_source
+from baps_fed.data.splits import split_dataset
+from baps_fed.decoder import DecoderConfig, IPDecoder, build_decoder
+from baps_fed.evaluation import evaluate_fm
+from baps_fed.fm.base import BlackboxFM
+from baps_fed.fm.spec import load_fm
+from baps_fed.train import StepConfig, calibrate_c, prompt_fn, spsa_step
+from baps_fed.zoo import GeassConfig, SeedKey, SpsaConfig, SpsaState
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Where a site's data and FM come from (a hospital's node config)."""
+
+    name: str
+    data: str  # a synthetic modality name or a data folder
+    n: int = 200  # synthetic cases (ignored for folders)
+    seed: int = 0  # synthetic data seed
+    scanner: int = 0  # synthetic acquisition profile
+    layout: str = "auto"
+    fm: str = "tiny"
+
+
+@dataclass(frozen=True)
+class FedTrainConfig:
+    """Settings every site of a run shares (the run config); defaults are the measured ones of
+    the single-site runs: 72-parameter basis decoder, sign updates, c at 3 grey levels."""
+
+    master_seed: int = 0
+    local_steps: int = 10
+    batch_size: int = 8
+    sp_avg: int = 5
+    lr: float = 0.02
+    update: str = "sign"
+    beta: float = 0.4
+    loss: str = "dice"
+    target_grey: float = 3.0
+    preset: str = "basis"
+    vp_grid: int = 4
+    decoder_seed: int = 0
+    point_seed: int = 0  # evaluation points
+
+    @classmethod
+    def from_flat(cls, config: dict[str, Any]) -> FedTrainConfig:
+        """From a flat dict with Flower-style keys ("local-steps") or field names."""
+        values = {}
+        for f in fields(cls):
+            for key in (f.name, f.name.replace("_", "-")):
+                if key in config:
+                    values[f.name] = type(getattr(cls(), f.name))(config[key])
+        return cls(**values)
+
+    def decoder_config(self) -> DecoderConfig:
+        return DecoderConfig(preset=self.preset, vp_grid=self.vp_grid, init_seed=self.decoder_seed)  # type: ignore[arg-type]
+
+
+def site_id(name: str) -> int:
+    """A stable integer for a site's name: part of its perturbation seeds."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def initial_theta(cfg: FedTrainConfig) -> np.ndarray:
+    """The decoder every site starts from (the coordinator's round-0 global decoder)."""
+    return build_decoder(cfg.decoder_config()).get_theta()
+
+
+@dataclass
+class RoundResult:
+    update: np.ndarray  # theta_local - theta_global, float32
+    state: SpsaState  # the site's optimiser state after the round
+    metrics: dict[str, float]  # aggregates only: what may leave the site
+
+
+class LocalSite:
+    """A site's data splits, FM, decoder and step settings, built once and reused each round."""
+
+    def __init__(
+        self,
+        spec: SiteSpec,
+        cfg: FedTrainConfig,
+        fm: BlackboxFM | None = None,
+        data: SegmentationDataset | None = None,
+    ) -> None:
+        self.spec, self.cfg = spec, cfg
+        self.id = site_id(spec.name)
+        self.decoder: IPDecoder = build_decoder(cfg.decoder_config())
+        size = self.decoder.cfg.image_size
+        if data is None:
+            data = open_source(
+                spec.data,
+                n=spec.n,
+                seed=spec.seed,
+                scanner=spec.scanner,
+                layout=spec.layout,
+                size=size,
+            )
+        self.splits = split_dataset(data)
+        train = self.splits["train"]
+        if len(train) == 0:
+            raise ValueError(f"site {spec.name!r}: no training cases in {spec.data!r}")
+        self.images = np.stack([s.image for s in train])
+        self.masks = np.stack([s.mask for s in train])
+        self.fm = fm if fm is not None else load_fm(spec.fm)
+        c = calibrate_c(self.decoder, cfg.target_grey, seed=cfg.master_seed)
+        spsa = SpsaConfig(
+            sp_avg=cfg.sp_avg,
+            c=c,
+            lr=cfg.lr,
+            schedule="constant",
+            beta=cfg.beta,
+            update=cfg.update,  # type: ignore[arg-type]
+        )
+        self.step_cfg = StepConfig(
+            batch_size=cfg.batch_size, loss=cfg.loss, spsa=spsa, geass=GeassConfig()
+        )
+        self._zero_shot: dict[str, dict[str, float]] = {}
+
+    @property
+    def num_train(self) -> int:
+        return len(self.images)
+
+    def train_round(
+        self, theta_global: np.ndarray, server_round: int, state: SpsaState | None
+    ) -> RoundResult:
+        theta = np.asarray(theta_global, np.float32).copy()
+        if theta.size != self.decoder.num_params:
+            raise ValueError(
+                f"site {self.spec.name!r}: the global decoder has {theta.size} parameters, "
+                f"this site's decoder {self.decoder.num_params}: the run and the site disagree "
+                "on the decoder preset"
+            )
+        state = state or SpsaState()
+        key = SeedKey(self.cfg.master_seed, server_round, self.id)
+        start, queries0 = time.perf_counter(), self.fm.meter.images
+        losses, skipped = [], 0
+        for _ in range(self.cfg.local_steps):
+            r = spsa_step(
+                self.decoder, self.fm, self.images, self.masks, theta, state, self.step_cfg, key
+            )
+            theta, state = r.theta, r.state
+            skipped += r.failure is not None
+            if np.isfinite(r.loss):
+                losses.append(r.loss)
+        metrics = {
+            "num-examples": self.num_train,
+            "train-loss": float(np.mean(losses)) if losses else float("nan"),
+            "skipped-steps": skipped,
+            "fm-queries": self.fm.meter.images - queries0,
+            "seconds": time.perf_counter() - start,
+        }
+        update = (theta - np.asarray(theta_global, np.float32)).astype(np.float32)
+        return RoundResult(update, state, metrics)
+
+    def evaluate(self, theta: np.ndarray, split: str = "test") -> dict[str, float]:
+        """Dice/IoU/HD95 of the FM prompted by ``theta`` and zero-shot, on one split."""
+        data = self.splits[split]
+        queries0 = self.fm.meter.images
+        if split not in self._zero_shot:
+            self._zero_shot[split] = evaluate_fm(self.fm, data, self.cfg.point_seed).summary()
+        tuned = evaluate_fm(
+            self.fm, data, self.cfg.point_seed, prompt=prompt_fn(self.decoder, theta)
+        ).summary()
+        zero = self._zero_shot[split]
+        return {
+            "num-examples": len(data),
+            "dice": tuned["dice"],
+            "iou": tuned["iou"],
+            "hd95": tuned["hd95"],
+            "zero-shot-dice": zero["dice"],
+            "zero-shot-iou": zero["iou"],
+            "zero-shot-hd95": zero["hd95"],
+            "fm-queries": self.fm.meter.images - queries0,
+        }
+
+
+def spec_from_flat(config: dict[str, Any], default_name: str) -> SiteSpec:
+    """A SiteSpec from a node config (Flower keys: data, site-name, n, seed, scanner, layout,
+    fm); unknown keys are ignored, a missing ``data`` is an error naming what to set."""
+    if "data" not in config:
+        raise ValueError(
+            "the node config names no data: start the site with --node-config "
+            "'data=\"/path/to/site\"' (or a synthetic modality name)"
+        )
+    values: dict[str, Any] = {"name": str(config.get("site-name", default_name))}
+    for f in fields(SiteSpec):
+        if f.name != "name" and f.name in config:
+            values[f.name] = type(getattr(SiteSpec("", ""), f.name))(config[f.name])
+    return SiteSpec(**values)

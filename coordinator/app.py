@@ -1,0 +1,114 @@
+"""The coordinator ServerApp: rounds of local SPSA at the sites, update averaging, checkpoints.
+
+Each round: send the global decoder to the connected sites, wait up to ``round-timeout`` for
+their updates, aggregate those that arrived (a failed or silent site is logged and skipped),
+evaluate, then checkpoint and rewrite the report. With ``resume = true`` a restarted
+coordinator continues after the last checkpointed round with the identical decoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from baps_fed.aggregate import ServerOptimizer
+from baps_fed.fed_report import final_table, format_table, write_fed_report
+from baps_fed.site_training import FedTrainConfig, initial_theta
+from coordinator.checkpoint import CoordinatorState, load_checkpoint, save_checkpoint
+from coordinator.config import CoordinatorConfig
+from coordinator.strategy import UpdateAveraging
+
+logger = logging.getLogger(__name__)
+app = ServerApp()
+
+
+def _exchange(
+    grid: Grid, strategy: UpdateAveraging, messages: list[Message], timeout: float, phase: str
+) -> list[Message]:
+    sent = {m.metadata.dst_node_id for m in messages}
+    replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+    strategy.record_failures(replies, sent, phase)
+    return replies
+
+
+def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
+    run_config = dict(context.run_config)
+    cfg = CoordinatorConfig.from_run_config(run_config)
+    train_cfg = FedTrainConfig.from_flat(run_config)
+    out = Path(cfg.out_dir)
+    config = {"coordinator": asdict(cfg), "train": asdict(train_cfg)}
+    if cfg.resume:
+        state = load_checkpoint(out)
+        if state.config["train"] != config["train"]:
+            raise ValueError(
+                f"{out}: the checkpoint was made with other training settings "
+                f"({state.config['train']}); resume with the same run config"
+            )
+        print(f"resuming after round {state.round} from {out}", flush=True)
+    else:
+        state = CoordinatorState(0, initial_theta(train_cfg), {}, [], config)
+    state.config = config
+    strategy = UpdateAveraging(
+        ServerOptimizer(cfg.server_optimizer(), state.optimizer),
+        state.theta,
+        min_train_nodes=cfg.min_sites,
+        min_evaluate_nodes=cfg.min_sites,
+        min_available_nodes=cfg.min_sites,
+    )
+    for rnd in range(state.round + 1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        strategy.site_train, strategy.site_evaluate, strategy.failures = {}, {}, []
+        messages = list(
+            strategy.configure_train(rnd, strategy.global_arrays(), ConfigRecord(), grid)
+        )
+        replies = _exchange(grid, strategy, messages, cfg.round_timeout, "train")
+        arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        if arrays is None:
+            logger.warning("round %d: no usable update; the global decoder is unchanged", rnd)
+        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            messages = list(
+                strategy.configure_evaluate(rnd, strategy.global_arrays(), ConfigRecord(), grid)
+            )
+            strategy.aggregate_evaluate(
+                rnd, _exchange(grid, strategy, messages, cfg.round_timeout, "evaluate")
+            )
+        state.history.append(
+            {
+                "round": rnd,
+                "seconds": time.perf_counter() - t0,
+                "train": strategy.site_train,
+                "evaluate": strategy.site_evaluate,
+                "aggregate": dict(train_metrics) if train_metrics is not None else {},
+                "failures": strategy.failures,
+            }
+        )
+        state.round, state.theta = rnd, strategy.theta
+        state.optimizer = strategy.optimizer.state
+        save_checkpoint(out, state)
+        write_fed_report(out, state.history, state.config)
+        _print_round(state.history[-1])
+    return state
+
+
+def _print_round(entry: dict) -> None:
+    parts = [
+        f"{site} {m['dice']:.3f} (zero-shot {m['zero-shot-dice']:.3f})"
+        for site, m in sorted(entry["evaluate"].items())
+    ]
+    line = f"round {entry['round']} ({entry['seconds']:.0f} s): " + ("; ".join(parts) or "trained")
+    if entry["failures"]:
+        line += f"; failures: {'; '.join(entry['failures'])}"
+    print(line, flush=True)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    state = run_rounds(grid, context)
+    out = Path(CoordinatorConfig.from_run_config(dict(context.run_config)).out_dir)
+    print(format_table(final_table(state.history)), flush=True)
+    print(f"report: {out / 'report.md'}", flush=True)

@@ -1,0 +1,56 @@
+"""The coordinator's checkpoint: after every round, everything a restart needs to continue
+with the identical decoder (global weights, server-optimiser state, the round, the history).
+
+Written to a temporary file and renamed, so a crash mid-write never loses the last good one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CHECKPOINT = "coordinator_checkpoint.npz"
+
+
+@dataclass
+class CoordinatorState:
+    round: int  # the last completed round
+    theta: np.ndarray
+    optimizer: dict[str, np.ndarray]
+    history: list[dict]
+    config: dict
+
+
+def save_checkpoint(out: Path, state: CoordinatorState) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CHECKPOINT
+    arrays = {"theta": np.asarray(state.theta, np.float32)}
+    arrays.update({f"opt_{k}": v for k, v in state.optimizer.items()})
+    meta = {"round": state.round, "history": state.history, "config": state.config}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(out: Path) -> CoordinatorState:
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no coordinator checkpoint to resume from; start without resume"
+        )
+    try:
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            theta = z["theta"].copy()
+            opt = {k[4:]: z[k].copy() for k in z.files if k.startswith("opt_")}
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: not a readable coordinator checkpoint ({err})") from err
+    return CoordinatorState(meta["round"], theta, opt, meta["history"], meta["config"])

@@ -1,0 +1,43 @@
+"""The coordinator's settings, read from Flower's run config (``[tool.flwr.app.config]``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from baps_fed.aggregate import ServerOptConfig
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    rounds: int = 5
+    min_sites: int = 2  # a round waits for this many connected sites and needs as many replies
+    round_timeout: float = 900.0  # seconds a round waits for replies; late sites are dropped
+    eval_every: int = 1  # federated evaluation every N rounds (and always after the last)
+    server_opt: str = "fedavg"
+    server_lr: float = 1.0
+    out_dir: str = "runs/federated"
+    resume: bool = False
+
+    @classmethod
+    def from_run_config(cls, config: dict[str, Any]) -> CoordinatorConfig:
+        values = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key in config:
+                values[f.name] = _coerce(config[key], type(getattr(cls(), f.name)), key)
+        cfg = cls(**values)
+        if cfg.rounds < 1 or cfg.min_sites < 1 or cfg.eval_every < 1:
+            raise ValueError(f"rounds, min-sites and eval-every must be >= 1: {cfg}")
+        return cfg
+
+    def server_optimizer(self) -> ServerOptConfig:
+        return ServerOptConfig(name=self.server_opt, lr=self.server_lr)  # type: ignore[arg-type]
+
+
+def _coerce(value: Any, kind: type, key: str) -> Any:
+    if kind is bool and isinstance(value, str):  # bool("false") would be True
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"run config {key}: expected true or false, got {value!r}")
+        return value.lower() == "true"
+    return kind(value)

@@ -1,0 +1,115 @@
+"""The site ClientApp.
+
+Site settings come from the SuperNode's node config (``data``, ``site-name``, ``fm``, ``n``,
+``seed``, ``scanner``, ``layout``); in Flower's simulation runtime, where a node config holds
+only ``partition-id``, the run config's ``sites`` (a JSON list of the same fields) names the
+site of each partition. Run settings (local steps, SPSA, decoder) come from the run config.
+The site's SPSA state lives in ``context.state`` and carries across rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from baps_fed.site_training import FedTrainConfig, LocalSite, SiteSpec, spec_from_flat
+from baps_fed.zoo import SpsaState
+from sites.outbox import outbox_guard
+
+logger = logging.getLogger(__name__)
+
+_SITES: dict[tuple[SiteSpec, FedTrainConfig], LocalSite] = {}  # built once per process
+
+
+def site_spec(context: Context) -> SiteSpec:
+    node = dict(context.node_config)
+    if "data" in node:
+        return spec_from_flat(node, default_name=f"node-{context.node_id}")
+    if "partition-id" not in node:
+        raise ValueError("the node config names no data: pass --node-config 'data=\"/path\"'")
+    sites = json.loads(str(context.run_config.get("sites", "[]")))
+    pid = int(node["partition-id"])
+    if not 0 <= pid < len(sites):
+        raise ValueError(
+            f"simulation partition {pid} has no site: the run config's 'sites' lists "
+            f"{len(sites)}; run as many supernodes as sites"
+        )
+    return spec_from_flat(sites[pid], default_name=f"site{pid}")
+
+
+def local_site(context: Context) -> LocalSite:
+    spec, cfg = site_spec(context), FedTrainConfig.from_flat(dict(context.run_config))
+    if (spec, cfg) not in _SITES:
+        _SITES[(spec, cfg)] = LocalSite(spec, cfg)
+    return _SITES[(spec, cfg)]
+
+
+def _update_size(context: Context) -> int:
+    return local_site(context).decoder.num_params
+
+
+def _load_state(context: Context) -> SpsaState | None:
+    if "spsa" not in context.state:
+        return None
+    s = context.state["spsa"]
+    m = context.state["spsa-momentum"]["m"].numpy() if "spsa-momentum" in context.state else None
+    return SpsaState.from_dict(
+        {
+            "step": s["step"],
+            "low_count": s["low-count"],
+            "strike_left": s["strike-left"],
+            "c_mult": s["c-mult"],
+            "momentum": m,
+        }
+    )
+
+
+def _save_state(context: Context, state: SpsaState) -> None:
+    context.state["spsa"] = ConfigRecord(
+        {
+            "step": state.step,
+            "low-count": state.low_count,
+            "strike-left": state.strike_left,
+            "c-mult": state.c_mult,
+        }
+    )
+    if state.momentum is not None:
+        context.state["spsa-momentum"] = ArrayRecord({"m": Array(np.array(state.momentum))})
+
+
+def _theta(msg: Message) -> np.ndarray:
+    return msg.content["arrays"]["theta"].numpy()
+
+
+app = ClientApp(mods=[outbox_guard(_update_size)])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    site = local_site(context)
+    server_round = int(msg.content["config"]["server-round"])
+    result = site.train_round(_theta(msg), server_round, _load_state(context))
+    _save_state(context, result.state)
+    logger.info("site %s round %d: %s", site.spec.name, server_round, result.metrics)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"update": Array(result.update)}),
+            "metrics": MetricRecord(result.metrics),
+            "site": ConfigRecord({"name": site.spec.name}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    site = local_site(context)
+    metrics = site.evaluate(_theta(msg))
+    content = RecordDict(
+        {"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site.spec.name})}
+    )
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,97 @@
+"""What may leave a site: the allow-list every outgoing message is checked against.
+
+Only the decoder update, example counts, aggregate metrics, privacy spent and the site's name
+may leave; never images, masks, points, per-image values or FM outputs. The check is by
+record name, record type, key and value shape, so a new field cannot slip out unnoticed:
+adding one means adding it here, in review.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+TRAIN_METRICS = frozenset({"num-examples", "train-loss", "skipped-steps", "fm-queries", "seconds"})
+EVALUATE_METRICS = frozenset(
+    {
+        "num-examples",
+        "dice",
+        "iou",
+        "hd95",
+        "zero-shot-dice",
+        "zero-shot-iou",
+        "zero-shot-hd95",
+        "fm-queries",
+    }
+)
+SITE_KEYS = frozenset({"name"})
+MAX_NAME = 64
+
+
+class OutboxViolation(RuntimeError):
+    """A site tried to send something outside the allow-list; nothing was sent."""
+
+
+def check_outgoing(content: RecordDict, message_type: str, update_size: int) -> None:
+    """Raise OutboxViolation unless ``content`` holds only what a reply of this type may.
+
+    ``update_size``: the decoder's parameter count; the update must be exactly that 1-D array
+    (anything else could carry an image).
+    """
+    kind = message_type.split(".")[0]
+    if kind not in ("train", "evaluate"):
+        raise OutboxViolation(f"sites send no {message_type!r} replies")
+    allowed: dict[str, type] = {"metrics": MetricRecord, "site": ConfigRecord}
+    if kind == "train":
+        allowed["arrays"] = ArrayRecord
+    for name, record in content.items():
+        if name not in allowed or not isinstance(record, allowed[name]):
+            raise OutboxViolation(
+                f"{kind} reply: record {name!r} ({type(record).__name__}) is not allowed out"
+            )
+    if "metrics" not in content:
+        raise OutboxViolation(f"{kind} reply without its metrics record")
+    _check_metrics(content["metrics"], TRAIN_METRICS if kind == "train" else EVALUATE_METRICS)
+    if "site" in content:
+        _check_site(content["site"])
+    if kind == "train":
+        if "arrays" not in content:
+            raise OutboxViolation("train reply without its update")
+        _check_update(content["arrays"], update_size)
+
+
+def _check_metrics(record: MetricRecord, keys: frozenset[str]) -> None:
+    for key, value in record.items():
+        if key not in keys:
+            raise OutboxViolation(f"metric {key!r} is not on the allow-list")
+        if not isinstance(value, (int, float)):  # lists could carry per-image values
+            raise OutboxViolation(f"metric {key!r} must be one number, got {type(value).__name__}")
+
+
+def _check_site(record: ConfigRecord) -> None:
+    for key, value in record.items():
+        if key not in SITE_KEYS:
+            raise OutboxViolation(f"site field {key!r} is not on the allow-list")
+        if not isinstance(value, str) or len(value) > MAX_NAME:
+            raise OutboxViolation(f"site {key!r} must be a string of <= {MAX_NAME} characters")
+
+
+def _check_update(record: ArrayRecord, update_size: int) -> None:
+    if set(record.keys()) != {"update"}:
+        raise OutboxViolation(f"arrays {sorted(record.keys())} leave a site; only 'update' may")
+    shape = tuple(record["update"].shape)
+    if shape != (update_size,):
+        raise OutboxViolation(f"the update has shape {shape}; a decoder update is ({update_size},)")
+
+
+def outbox_guard(update_size: Callable[[Context], int]):
+    """A ClientApp mod: every reply passes check_outgoing before it leaves the site."""
+
+    def mod(msg: Message, context: Context, call_next) -> Message:
+        reply = call_next(msg, context)
+        if not reply.has_error():
+            check_outgoing(reply.content, msg.metadata.message_type, update_size(context))
+        return reply
+
+    return mod
