@@ -59,48 +59,148 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from concurrent.futures import ThreadPoolExecutor
+    import datetime as dt
 
-    from baps_fed.data.sources import open_source
-    from baps_fed.evaluation import evaluate_fm
-    from baps_fed.fm.spec import load_fm
+    from baps_fed.fed_report import format_table
+    from baps_fed.simulate import Scenario, run_simulation
 
+    scenario = Scenario.load(args.scenario)
+    if args.sites is not None:
+        scenario = scenario.with_site_count(args.sites)
+    if args.rounds is not None:
+        scenario.rounds = args.rounds
+    if args.local_steps is not None:
+        scenario.train["local-steps"] = args.local_steps
+    if args.n is not None:
+        for site in scenario.sites:
+            site["n"] = args.n
+    out = args.out or Path("runs") / f"simulate-{dt.datetime.now():%Y%m%d-%H%M%S}"
     print(
-        "baps-fed simulate: federated training is not built yet (it lands with the federation "
-        "work).\nFor now this evaluates the default scenario's sites zero-shot with the FM."
+        f"baps-fed simulate: {len(scenario.sites)} sites, {scenario.rounds} rounds of "
+        f"{scenario.train.get('local-steps', 10)} local SPSA steps; run folder {out}",
+        flush=True,
     )
-    sites = list(DEFAULT_SITES)
-    datasets = [open_source(s, n=args.n, seed=args.seed) for s in sites]
+    server = None
+    fm = args.fm
+    try:
+        if args.shared_fm:
+            from baps_fed.fm.service.server import FMServer, ServeConfig
+            from baps_fed.fm.spec import load_fm
 
-    def site_row(site: str, ds, fm) -> dict:
-        return {"data": site, **evaluate_fm(fm, ds, point_seed=args.seed).summary()}
-
-    if not args.shared_fm:
-        fm = load_fm(args.fm)
-        rows = [site_row(s, ds, fm) for s, ds in zip(sites, datasets, strict=True)]
-    else:
-        from baps_fed.fm.service.server import FMServer, ServeConfig
-
-        server = FMServer(load_fm(args.fm), ServeConfig(host="127.0.0.1", port=0))
-        port = server.start()
-        print(f"shared FM service for all sites on 127.0.0.1:{port}")
-        try:  # every site queries the one service at the same time, as hospitals would
-            with ThreadPoolExecutor(len(sites)) as pool:
-                rows = list(
-                    pool.map(
-                        lambda job: site_row(job[0], job[1], load_fm(f"grpc://127.0.0.1:{port}")),
-                        zip(sites, datasets, strict=True),
-                    )
-                )
+            server = FMServer(load_fm(args.fm or "tiny"), ServeConfig(host="127.0.0.1", port=0))
+            fm = f"grpc://127.0.0.1:{server.start()}"
+            print(f"shared FM service for all sites at {fm}", flush=True)
+        status = run_simulation(scenario, out, fm=fm)
+    finally:
+        if server is not None:
             stats = server.stats()
-        finally:
             server.stop()
-        print(
-            f"service: {stats.fm_calls} FM calls for {stats.requests} requests "
-            f"({stats.merged_calls} calls merged several sites' requests); stopped"
-        )
-    _print_table(rows)
+            print(
+                f"FM service: {stats.fm_calls} FM calls for {stats.requests} requests "
+                f"({stats.merged_calls} merged several sites' requests); stopped",
+                flush=True,
+            )
+    table = out / "final_table.json"
+    if status != 0 or not table.is_file():
+        print(f"baps-fed simulate: the run failed (status {status}); see {out / 'run.log'}")
+        return status or 1
+    print(format_table(json.loads(table.read_text())["rows"]))
+    print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from baps_fed.certs import make_pilot_certs
+
+    files = make_pilot_certs(args.out, args.hosts, args.nodes, args.days)
+    for f in files:
+        print(f"  {f}")
+    print(
+        f"give each hospital {args.out / 'ca.crt'} and its nodes/NAME key; keep ca.key and "
+        "server.key at the coordinator"
+    )
+    return 0
+
+
+def _run_config_from_args(args: argparse.Namespace) -> dict:
+    config = {"rounds": args.rounds, "min-sites": args.min_sites, "resume": args.resume}
+    if args.local_steps is not None:
+        config["local-steps"] = args.local_steps
+    if args.round_timeout is not None:
+        config["round-timeout"] = args.round_timeout
+    for item in args.config:
+        key, _, value = item.partition("=")
+        if not value:
+            raise ValueError(f"--config {item!r}: expected KEY=VALUE (a run-config key)")
+        config[key] = _toml_value(value)
+    return config
+
+
+def _toml_value(text: str):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def _cmd_coordinator(args: argparse.Namespace) -> int:
+    from baps_fed.deploy import CoordinatorSettings, run_coordinator
+    from baps_fed.fed_report import format_table
+
+    if args.insecure == (args.certs is not None):
+        raise ValueError("give --certs DIR (TLS, the default for pilots) or --insecure")
+    settings = CoordinatorSettings(
+        folder=args.out,
+        certs=args.certs,
+        node_keys=args.register,
+        node_auth=not args.no_node_auth and not args.insecure,
+        host=args.host,
+        port=args.port,
+        run_config=_run_config_from_args(args),
+    )
+    status = run_coordinator(settings)
+    table = args.out / "final_table.json"
+    if status != 0 or not table.is_file():
+        print(f"baps-fed coordinator: the run failed (status {status}); see {args.out}/run.log")
+        return status or 1
+    print(format_table(json.loads(table.read_text())["rows"]))
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def _cmd_site(args: argparse.Namespace) -> int:
+    import signal
+
+    from baps_fed.deploy import SiteSettings, start_site
+    from baps_fed.processes import ProcessGroup
+
+    if args.insecure == (args.ca is not None):
+        raise ValueError("give --ca ca.crt (the coordinator's CA) or --insecure")
+    node_config = {"data": args.data, "site-name": args.name, "fm": args.fm}
+    node_config.update({"n": args.n, "seed": args.seed, "scanner": args.scanner})
+    node_config["layout"] = args.layout
+    settings = SiteSettings(
+        superlink=args.superlink,
+        node_config=node_config,
+        folder=args.out,
+        ca_cert=args.ca,
+        private_key=args.key,
+        port=args.port,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with ProcessGroup() as group:
+        proc = start_site(settings, group)
+        print(
+            f"site {args.name}: SuperNode started for {args.superlink}; "
+            f"log {args.out / 'supernode.log'}"
+        )
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            print(f"site {args.name}: stopping")
+            return 0
 
 
 def _cmd_fm_serve(args: argparse.Namespace) -> int:
@@ -305,16 +405,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("simulate", help="the default multi-site scenario")
+    p = sub.add_parser("simulate", help="the multi-site federation on Flower's simulation runtime")
+    from baps_fed.simulate import DEFAULT_SCENARIO
+
+    p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, help="scenario TOML")
+    p.add_argument("--sites", type=int, help="number of sites (default: the scenario's)")
+    p.add_argument("--rounds", type=int, help="federated rounds (default: the scenario's)")
+    p.add_argument("--local-steps", type=int, help="SPSA steps per site and round")
+    p.add_argument("--n", type=int, help="synthetic cases per site (default: the scenario's)")
+    p.add_argument(
+        "--fm", default=None, help="FM spec for every site (default: each site's, else tiny)"
+    )
+    p.add_argument("--out", type=Path, help="run folder (default: runs/simulate-TIMESTAMP)")
     p.add_argument(
         "--shared-fm",
         action="store_true",
         help="start one gRPC FM service that every site queries; stop it at the end",
     )
-    p.add_argument("--fm", default="tiny")
-    p.add_argument("--n", type=int, default=100, help="synthetic cases per site")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("certs", help="CA, server certificate and node keys for a pilot")
+    p.add_argument("--out", type=Path, required=True, help="new folder for the files")
+    p.add_argument("--nodes", nargs="+", required=True, help="hospital names (one key each)")
+    p.add_argument(
+        "--hosts", nargs="*", default=[], help="coordinator host names/IPs for its certificate"
+    )
+    p.add_argument("--days", type=int, default=365)
+    p.set_defaults(func=_cmd_certs)
+
+    p = sub.add_parser(
+        "coordinator", help="start the SuperLink, submit the federation and write its report"
+    )
+    p.add_argument("--out", type=Path, required=True, help="coordinator folder (state, report)")
+    p.add_argument("--certs", type=Path, help="folder of ca.crt, server.crt, server.key")
+    p.add_argument("--insecure", action="store_true", help="no TLS (tests and demos only)")
+    p.add_argument("--no-node-auth", action="store_true", help="accept unregistered nodes")
+    p.add_argument(
+        "--register", type=Path, nargs="*", default=[], help="hospitals' public keys (NAME.pub)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=9093)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--min-sites", type=int, default=2, help="sites a round waits for")
+    p.add_argument("--local-steps", type=int)
+    p.add_argument("--round-timeout", type=float, help="seconds a round waits for replies")
+    p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument(
+        "--config", nargs="*", default=[], help="more run-config KEY=VALUE (see pyproject.toml)"
+    )
+    p.set_defaults(func=_cmd_coordinator)
+
+    p = sub.add_parser("site", help="run one hospital's SuperNode (its data stays here)")
+    p.add_argument("--superlink", required=True, help="the coordinator's HOST:PORT")
+    p.add_argument("--ca", type=Path, help="the coordinator's ca.crt")
+    p.add_argument("--insecure", action="store_true", help="no TLS (tests and demos only)")
+    p.add_argument("--key", type=Path, help="this hospital's private node key (nodes/NAME)")
+    p.add_argument("--name", required=True, help="this hospital's name in reports")
+    p.add_argument("--data", required=True, help="data folder or synthetic modality")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--fm", default="tiny", help="FM spec this site queries")
+    p.add_argument("--n", type=int, default=200, help="synthetic cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scanner", type=int, default=0)
+    p.add_argument("--port", type=int, default=0, help="local SuperNode API port (0: free)")
+    p.add_argument("--out", type=Path, default=Path("runs/site"), help="logs folder")
+    p.set_defaults(func=_cmd_site)
 
     _add_fm_commands(sub)
     return ap

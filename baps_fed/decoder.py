@@ -21,6 +21,7 @@ travel as one flat float32 vector (``theta``), which is what SPSA perturbs.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +53,10 @@ class DecoderConfig:
     bump_sigmas: tuple[float, ...] = field(default=(0.06, 0.18))  # fractions of the image side
     feature_rank: int = 3
     projection_seed: int = 1
+    # "general": standardise the projected features by their mean/std on a fixed probe of the
+    # FM-independent general-domain corpus, so a bias and the image terms are not collinear
+    # (raw, every medical modality shares one large common component); "none": raw.
+    feature_norm: Literal["general", "none"] = "general"
     # vp preset (the visual-prompting baseline): grid 1 is a global colour shift (3 parameters)
     vp_grid: int = 4
 
@@ -97,6 +102,13 @@ class IPDecoder(nn.Module):
         self.register_buffer("fourier", torch.randn(2, cfg.fourier_dim, generator=g))
         g = torch.Generator().manual_seed(cfg.projection_seed)
         self.register_buffer("projection", torch.randn(encoder.dim, cfg.feature_rank, generator=g))
+        mean, std = torch.zeros(cfg.feature_rank), torch.ones(cfg.feature_rank)
+        if cfg.preset == "basis" and cfg.feature_norm == "general":
+            mean, std = _reference_stats(encoder, self.projection, encoder_id)
+        elif cfg.feature_norm not in ("general", "none"):
+            raise ValueError(f"feature_norm must be general or none, got {cfg.feature_norm!r}")
+        self.register_buffer("feat_mean", mean)
+        self.register_buffer("feat_std", std)
         if cfg.preset == "paper":
             with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG untouched
                 torch.manual_seed(cfg.init_seed)
@@ -182,7 +194,8 @@ class IPDecoder(nn.Module):
 
     def _basis_prompts(self, thetas: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
         e = inputs.image_embedding
-        z = (e / (e.norm(dim=1, keepdim=True) + 1e-8)) @ self.projection  # [B, r], ~N(0, 1)
+        z = (e / (e.norm(dim=1, keepdim=True) + 1e-8)) @ self.projection  # [B, r]
+        z = (z - self.feat_mean) / self.feat_std
         feats = torch.cat([torch.ones_like(z[:, :1]), z], 1)  # [B, r + 1]
         coef = thetas.view(thetas.shape[0], -1, feats.shape[1])  # [T, 3 * n_maps, r + 1]
         per_image = torch.einsum("tkr,br->tbk", coef, feats)  # [T, B, 3 * n_maps]
@@ -194,6 +207,33 @@ class IPDecoder(nn.Module):
         out = functional_call(self.head, self._unflatten(theta), (inputs,))
         s = self.cfg.image_size
         return F.interpolate(out, (s, s), mode="bilinear", align_corners=False) if s != 224 else out
+
+
+REFERENCE_PROBE = 128  # general-domain scenes behind the feature statistics
+
+
+@functools.cache
+def _reference_embeddings(encoder_id: str, encoder: SmallImageEncoder) -> torch.Tensor:
+    """Normalised embeddings of a fixed general-domain probe (no site data, same everywhere)."""
+    from baps_fed.data.general import general_dataset
+
+    probe = general_dataset(REFERENCE_PROBE, seed0=REFERENCE_SEED0)
+    x = torch.from_numpy(np.stack([s.image for s in probe])).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        e = encoder(x)
+    return e / (e.norm(dim=1, keepdim=True) + 1e-8)
+
+
+REFERENCE_SEED0 = (
+    5_000_000  # apart from FM pretraining (< 1e6), held-out (1e7) and `general` (2e7+)
+)
+
+
+def _reference_stats(
+    encoder: SmallImageEncoder, projection: torch.Tensor, encoder_id: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    z = _reference_embeddings(encoder_id, encoder) @ projection
+    return z.mean(0), z.std(0).clamp(min=1e-3)
 
 
 def build_decoder(
@@ -212,6 +252,8 @@ def save_decoder(path: Path, decoder: IPDecoder, extra: dict | None = None) -> N
             "theta": torch.from_numpy(decoder.get_theta()),
             "fourier": decoder.fourier.clone(),
             "projection": decoder.projection.clone(),
+            "feat_mean": decoder.feat_mean.clone(),
+            "feat_std": decoder.feat_std.clone(),
             "encoder": decoder.encoder_id,
             "image_size": decoder.cfg.image_size,
             "normalisation": {"mean": PIXEL_MEAN.tolist(), "std": PIXEL_STD.tolist()},
@@ -237,6 +279,7 @@ def load_decoder(path: Path, encoder_path: Path | None = None) -> tuple[IPDecode
         )
     cfg_dict = dict(blob["config"])
     cfg_dict["bump_sigmas"] = tuple(cfg_dict["bump_sigmas"])
+    cfg_dict.setdefault("feature_norm", "none")  # checkpoints from before the option had none
     decoder = build_decoder(DecoderConfig(**cfg_dict), encoder_path)
     if decoder.encoder_id != blob["encoder"]:
         raise ValueError(
@@ -246,5 +289,8 @@ def load_decoder(path: Path, encoder_path: Path | None = None) -> tuple[IPDecode
         )
     decoder.fourier.copy_(blob["fourier"])
     decoder.projection.copy_(blob["projection"])
+    if "feat_mean" in blob:
+        decoder.feat_mean.copy_(blob["feat_mean"])
+        decoder.feat_std.copy_(blob["feat_std"])
     decoder.set_theta(blob["theta"].numpy())
     return decoder, blob["extra"]

@@ -1,0 +1,141 @@
+"""Start and stop Flower's processes (SuperLink, SuperNodes, ``flwr run``) for our commands.
+
+Every process is started in its own session and remembered by PID; stopping it also stops
+every descendant it started (Flower's SuperExec, ServerApp, simulation and Ray workers), by
+PID, never by a name pattern. ``ProcessGroup`` is a context manager, so an error or Ctrl-C
+in the caller still stops everything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower's commands: this interpreter's bin first (SuperLink starts
+    ``flower-superexec`` by name), our FLWR_HOME, no update check."""
+    env = os.environ.copy()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    return env
+
+
+class ProcessGroup:
+    """Processes started for one job; ``stop()`` (or leaving the ``with``) ends them all."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen, Path | None]] = []
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(
+        self, name: str, cmd: Sequence[str], env: dict[str, str], log: Path | None = None
+    ) -> subprocess.Popen:
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
+        proc = subprocess.Popen(
+            list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append((name, proc, log))
+        return proc
+
+    def stop_one(self, proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+        _terminate_tree(proc.pid, grace_s)
+        proc.wait(timeout=grace_s)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for _, proc, _ in reversed(self.procs):
+            if proc.poll() is None:
+                _terminate_tree(proc.pid, grace_s)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=grace_s)
+        self.procs.clear()
+
+    def pids(self) -> list[int]:
+        """Every live PID this group started, children included (for tests and logs)."""
+        pids = []
+        for _, proc, _ in self.procs:
+            try:
+                parent = psutil.Process(proc.pid)
+                pids += [proc.pid] + [c.pid for c in parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        return pids
+
+
+def _terminate_tree(pid: int, grace_s: float) -> None:
+    """SIGTERM the process and all its descendants (collected first, by PID), then SIGKILL
+    whatever is still alive after ``grace_s``."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen, timeout_s: float, log: Path | None) -> None:
+    """Poll ``url`` until it answers 200; fail early, with the log's tail, if proc exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=_no_verify()) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not come up within {timeout_s:.0f} s{_tail(log)}")
+
+
+def _no_verify():
+    """Readiness probes only ask "is it listening"; TLS is verified by Flower's own clients."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.is_file():
+        return ""
+    text = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"; last lines of {log}:\n" + "\n".join(text)

@@ -1,0 +1,173 @@
+"""Zero-shot vs local-only vs federated vs pooled-centralised BAPS, at equal FM image-queries.
+
+    python simulations/bench_federated.py --scenario simulations/scenarios/unequal.toml \
+        --rounds 8 --local-steps 8 --out simulations/results/federated
+
+All arms run the code a Flower site runs (``baps_fed.site_training.LocalSite``); the Flower
+runtime itself adds transport, not arithmetic (the simulation reproduces these numbers).
+- local-only: each site trains alone for rounds x local_steps steps;
+- federated: rounds of local_steps steps per site, example-weighted FedAvg of the updates;
+- pooled: one site holding every site's training split, rounds x local_steps x sites steps,
+  so its FM image-queries equal the federation's total.
+Each site's test split is the same in every arm (splits hash sample names). Seeds vary the
+master seed (perturbations, batches) and the data seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from baps_fed.aggregate import ServerOptConfig, ServerOptimizer, weighted_mean
+from baps_fed.data.sample import SegmentationDataset
+from baps_fed.data.sources import open_source
+from baps_fed.fm.spec import load_fm
+from baps_fed.simulate import Scenario
+from baps_fed.site_training import FedTrainConfig, LocalSite, SiteSpec, initial_theta
+
+
+def site_specs(scenario: Scenario, data_seed: int) -> list[SiteSpec]:
+    return [
+        SiteSpec(
+            name=s["name"], data=s["data"], n=int(s.get("n", 200)),
+            seed=int(s.get("seed", 0)) + 1000 * data_seed, scanner=int(s.get("scanner", 0)),
+        )
+        for s in scenario.sites
+    ]  # fmt: skip
+
+
+def evaluate_all(sites: list[LocalSite], theta: np.ndarray) -> dict[str, dict]:
+    return {s.spec.name: s.evaluate(theta) for s in sites}
+
+
+def run_seed(scenario: Scenario, cfg: FedTrainConfig, rounds: int, seed: int, fm) -> dict:
+    cfg = replace(cfg, master_seed=seed)
+    specs = site_specs(scenario, seed)
+    datasets = {
+        sp.name: open_source(sp.data, n=sp.n, seed=sp.seed, scanner=sp.scanner) for sp in specs
+    }
+    sites = [LocalSite(sp, cfg, fm=fm, data=datasets[sp.name]) for sp in specs]
+    theta0 = initial_theta(cfg)
+    out: dict = {"zero_shot": evaluate_all(sites, theta0)}
+    steps = rounds * cfg.local_steps
+
+    t0, q0 = time.perf_counter(), fm.meter.images
+    local = {}
+    for site in sites:  # local-only: the same steps, no averaging
+        theta, state = theta0, None
+        for rnd in range(1, rounds + 1):
+            r = site.train_round(theta, rnd, state)
+            theta, state = theta + r.update, r.state
+        local[site.spec.name] = site.evaluate(theta)
+    out["local_only"] = local
+    out["local_only_queries"] = fm.meter.images - q0
+    out["local_only_s"] = time.perf_counter() - t0
+
+    t0, q0 = time.perf_counter(), fm.meter.images
+    theta, states = theta0, {s.spec.name: None for s in sites}
+    opt = ServerOptimizer(ServerOptConfig())
+    for rnd in range(1, rounds + 1):
+        results = [s.train_round(theta, rnd, states[s.spec.name]) for s in sites]
+        for s, r in zip(sites, results, strict=True):
+            states[s.spec.name] = r.state
+        mean = weighted_mean([r.update for r in results], [s.num_train for s in sites])
+        theta = opt.step(theta, mean)
+    out["federated"] = evaluate_all(sites, theta)
+    out["federated_queries"] = fm.meter.images - q0
+    out["federated_s"] = time.perf_counter() - t0
+
+    t0, q0 = time.perf_counter(), fm.meter.images
+    pooled_data = SegmentationDataset(
+        "pooled", [s for ds in datasets.values() for s in ds], problems=[]
+    )
+    pooled = LocalSite(
+        SiteSpec("pooled", "pooled"), replace(cfg, local_steps=steps * len(sites)), fm=fm,
+        data=pooled_data,
+    )  # fmt: skip
+    r = pooled.train_round(theta0, 1, None)
+    out["pooled"] = evaluate_all(sites, theta0 + r.update)
+    out["pooled_queries"] = fm.meter.images - q0
+    out["pooled_s"] = time.perf_counter() - t0
+    out["train_sizes"] = {s.spec.name: s.num_train for s in sites}
+    return out
+
+
+ARMS = ("zero_shot", "local_only", "federated", "pooled")
+
+
+def summarise(runs: list[dict]) -> dict:
+    names = list(runs[0]["zero_shot"])
+    table = {}
+    for arm in ARMS:
+        per_site = {n: [r[arm][n]["dice"] for r in runs] for n in names}
+        weighted = []
+        for r in runs:
+            w = np.array([r[arm][n]["num-examples"] for n in names], float)
+            weighted.append(float(np.dot(w, [r[arm][n]["dice"] for n in names]) / w.sum()))
+        per_site["weighted"] = weighted
+        table[arm] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in per_site.items()}
+    zs, fed, pool = (table[a]["weighted"][0] for a in ("zero_shot", "federated", "pooled"))
+    return {
+        "table": table,
+        "federated_share_of_pooled_gain": (fed - zs) / (pool - zs) if pool != zs else None,
+        "queries": {a: runs[0].get(f"{a}_queries") for a in ARMS[1:]},
+        "train_sizes": runs[0]["train_sizes"],
+    }
+
+
+def write_markdown(path: Path, summary: dict, args: argparse.Namespace, n_seeds: int) -> None:
+    t = summary["table"]
+    names = [k for k in t["zero_shot"] if k != "weighted"] + ["weighted"]
+    sizes = summary["train_sizes"]
+    lines = [
+        "# Federated vs local-only vs pooled BAPS (embedded FM, synthetic sites)",
+        "",
+        f"`python simulations/bench_federated.py --scenario {args.scenario} --rounds "
+        f"{args.rounds} --local-steps {args.local_steps} --seeds {' '.join(map(str, args.seeds))}`",
+        "",
+        f"Test Dice, mean ± std over {n_seeds} seed(s). FM image-queries for training: "
+        + ", ".join(f"{a} {q}" for a, q in summary["queries"].items())
+        + " (local-only: all sites together; every arm spends the same total).",
+        "",
+        "| site | train n | zero-shot | local-only | federated | pooled |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        cells = [f"{t[a][n][0]:.3f} ± {t[a][n][1]:.3f}" for a in ARMS]
+        lines.append(f"| {n} | {sizes.get(n, sum(sizes.values()))} | " + " | ".join(cells) + " |")
+    share = summary["federated_share_of_pooled_gain"]
+    lines += ["", f"Federated gain / pooled gain (weighted): {share:.2f}" if share else ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--scenario", type=Path, default=Path("simulations/scenarios/unequal.toml"))
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--local-steps", type=int, default=8)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--fm", default="tiny")
+    ap.add_argument("--out", type=Path, default=Path("simulations/results/federated"))
+    args = ap.parse_args()
+    scenario = Scenario.load(args.scenario)
+    cfg = FedTrainConfig.from_flat({**scenario.train, "local-steps": args.local_steps})
+    fm = load_fm(args.fm)
+    runs = []
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        runs.append(run_seed(scenario, cfg, args.rounds, seed, fm))
+        print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+        summary = summarise(runs)
+        payload = {"config": asdict(cfg), "rounds": args.rounds, "runs": runs, **summary}
+        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+        write_markdown(args.out.with_suffix(".md"), summary, args, len(runs))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
