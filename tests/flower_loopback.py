@@ -16,8 +16,9 @@ class LoopbackGrid(Grid):
     def __init__(self, client_app: ClientApp, node_configs: dict[int, dict], run_config: dict):
         self.client_app = client_app
         self.contexts = {
-            node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(),
-                          run_config=run_config)
+            node: Context(
+                run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config=run_config
+            )
             for node, cfg in node_configs.items()
         }
         self.down: set[int] = set()  # nodes that stopped answering

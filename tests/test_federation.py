@@ -1,0 +1,198 @@
+"""The federation's logic in-process: aggregation, the outbox allow-list, the coordinator's
+rounds, checkpoints, resume and failed sites (Flower's runtimes: test_deployment.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from baps_fed.aggregate import ServerOptConfig, ServerOptimizer, weighted_mean
+from baps_fed.fm.tiny import save_tiny_weights
+from baps_fed.site_training import FedTrainConfig, initial_theta
+from coordinator.app import run_rounds
+from coordinator.checkpoint import load_checkpoint
+from sites.app import app as client_app
+from sites.outbox import OutboxViolation, check_outgoing
+from tests.conftest import SMALL_ARCH
+from tests.flower_loopback import LoopbackGrid
+
+DIM = 72  # the basis decoder's parameters
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Flower 1.42 needs a task identity to build Messages outside a run."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+# -- aggregation --------------------------------------------------------------------------------
+
+
+def test_weighted_mean_weights_by_examples():
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    np.testing.assert_allclose(weighted_mean([a, b], [3, 1]), [0.75, 0.25])
+    with pytest.raises(ValueError, match="differ in shape"):
+        weighted_mean([a, np.zeros(3)], [1, 1])
+    with pytest.raises(ValueError, match="positive total"):
+        weighted_mean([a, b], [0, 0])
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedavgm", "fedadam"])
+def test_server_optimizer_state_round_trip_continues_exactly(name):
+    rng = np.random.default_rng(0)
+    updates = [rng.normal(size=5) for _ in range(4)]
+    opt = ServerOptimizer(ServerOptConfig(name=name, lr=0.5))
+    theta = np.zeros(5, np.float32)
+    for u in updates[:2]:
+        theta = opt.step(theta, u)
+    restored = ServerOptimizer(ServerOptConfig(name=name, lr=0.5), dict(opt.state))
+    t1, t2 = theta, theta.copy()
+    for u in updates[2:]:
+        t1, t2 = opt.step(t1, u), restored.step(t2, u)
+    np.testing.assert_array_equal(t1, t2)
+    if name == "fedavg":  # lr * mean update, nothing else
+        np.testing.assert_allclose(theta, 0.5 * (updates[0] + updates[1]), rtol=1e-6)
+
+
+# -- the outbox allow-list ----------------------------------------------------------------------
+
+
+def _train_reply(**extra) -> RecordDict:
+    content = {
+        "arrays": ArrayRecord({"update": Array(np.zeros(DIM, np.float32))}),
+        "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5, "fm-queries": 80}),
+        "site": ConfigRecord({"name": "hospital-a"}),
+    }
+    content.update(extra)
+    return RecordDict(content)
+
+
+def test_outbox_accepts_an_update_and_aggregate_metrics():
+    check_outgoing(_train_reply(), "train", DIM)
+    evaluate = RecordDict({"metrics": MetricRecord({"num-examples": 5, "dice": 0.7})})
+    check_outgoing(evaluate, "evaluate", DIM)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"images": ArrayRecord({"x": Array(np.zeros((2, 8, 8, 3), np.uint8))})}, "images"),
+        ({"arrays": ArrayRecord({"update": Array(np.zeros(128 * 128 * 3, np.float32))})}, "shape"),
+        (
+            {
+                "arrays": ArrayRecord(
+                    {
+                        "update": Array(np.zeros(DIM, np.float32)),
+                        "masks": Array(np.zeros((2, 8, 8), np.float32)),
+                    }
+                )
+            },
+            "only 'update'",
+        ),  # fmt: skip
+        ({"metrics": MetricRecord({"num-examples": 2, "train-loss": [0.1, 0.9]})}, "one number"),
+        ({"metrics": MetricRecord({"num-examples": 2, "fm-logits-mean": 0.3})}, "allow-list"),
+        ({"site": ConfigRecord({"name": "a", "points": "12,40"})}, "allow-list"),
+        ({"outputs": MetricRecord({"num-examples": 2})}, "outputs"),
+    ],
+)
+def test_outbox_refuses_anything_else(bad, message):
+    with pytest.raises(OutboxViolation, match=message):
+        check_outgoing(_train_reply(**bad), "train", DIM)
+
+
+def test_outbox_refuses_arrays_in_evaluate_replies():
+    reply = RecordDict(
+        {
+            "metrics": MetricRecord({"num-examples": 5, "dice": 0.7}),
+            "arrays": ArrayRecord({"update": Array(np.zeros(DIM, np.float32))}),
+        }
+    )
+    with pytest.raises(OutboxViolation, match="arrays"):
+        check_outgoing(reply, "evaluate", DIM)
+
+
+# -- the coordinator's rounds, in-process -------------------------------------------------------
+
+
+@pytest.fixture
+def fed_setup(tmp_path, small_sam):
+    weights = tmp_path / "fm.pt"
+    save_tiny_weights(weights, small_sam, SMALL_ARCH, {})
+    sites = [
+        {"data": "fundus", "site-name": "a", "n": 16, "seed": 1, "fm": f"tiny:{weights}"},
+        {"data": "ultrasound", "site-name": "b", "n": 24, "seed": 2, "fm": f"tiny:{weights}"},
+    ]
+
+    def make(rounds: int, out, resume: bool = False, **extra):
+        run_config = {
+            "rounds": rounds, "min-sites": 1, "local-steps": 2, "batch-size": 2, "sp-avg": 2,
+            "out-dir": str(out), "resume": resume, "sites": json.dumps(sites), **extra,
+        }  # fmt: skip
+        nodes = {11: {"partition-id": 0}, 12: {"partition-id": 1}}
+        grid = LoopbackGrid(client_app, nodes, run_config)
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                          run_config=run_config)  # fmt: skip
+        return grid, context
+
+    return make
+
+
+def _allowed_only(reply_content: RecordDict) -> None:
+    """An independent reading of what DESIGN.md lets leave a site."""
+    assert set(reply_content.keys()) <= {"arrays", "metrics", "site"}
+    for name, record in reply_content.items():
+        if name == "arrays":
+            assert list(record.keys()) == ["update"]
+            assert tuple(record["update"].shape) == (DIM,)
+        elif name == "metrics":
+            assert all(isinstance(v, (int, float)) for v in record.values())
+        else:
+            assert list(record.keys()) == ["name"]
+
+
+def test_two_rounds_change_the_decoder_and_report_every_site(fed_setup, tmp_path):
+    grid, context = fed_setup(2, tmp_path / "run")
+    state = run_rounds(grid, context)
+    theta0 = initial_theta(FedTrainConfig.from_flat(context.run_config))
+    assert state.round == 2 and not np.array_equal(state.theta, theta0)
+    for entry in state.history:
+        assert set(entry["train"]) == {"a", "b"} and set(entry["evaluate"]) == {"a", "b"}
+        assert entry["train"]["b"]["num-examples"] > entry["train"]["a"]["num-examples"]
+        assert entry["train"]["a"]["fm-queries"] == 2 * 2 * 2 * 2  # steps x 2K x batch
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| a |" in report and "| weighted |" in report
+    # every message a site sent: only what may leave
+    assert len(grid.replies) == 8
+    for reply in grid.replies:
+        assert not reply.has_error()
+        _allowed_only(reply.content)
+
+
+def test_a_restarted_coordinator_continues_with_the_identical_decoder(fed_setup, tmp_path):
+    out = tmp_path / "run"
+    run_rounds(*fed_setup(2, out, server_opt="fedavgm"))
+    saved = load_checkpoint(out)
+    grid, context = fed_setup(3, out, resume=True, server_opt="fedavgm")
+    state = run_rounds(grid, context)
+    first = grid.sent[0]
+    assert first.content["config"]["server-round"] == 3
+    np.testing.assert_array_equal(first.content["arrays"]["theta"].numpy(), saved.theta)
+    assert [e["round"] for e in state.history] == [1, 2, 3]
+    with pytest.raises(ValueError, match="other training settings"):
+        run_rounds(*fed_setup(4, out, resume=True, server_opt="fedavgm", lr=0.5))
+
+
+def test_a_silent_site_is_skipped_and_the_run_goes_on(fed_setup, tmp_path):
+    grid, context = fed_setup(2, tmp_path / "run")
+    grid.on_deliver = lambda msg: (
+        grid.down.add(12) if msg.content["config"]["server-round"] == 2 else None
+    )
+    state = run_rounds(grid, context)
+    assert state.round == 2
+    assert set(state.history[1]["train"]) == {"a"}
+    assert any("no reply" in f for f in state.history[1]["failures"])
+    assert "Sites that failed" in (tmp_path / "run" / "report.md").read_text()
