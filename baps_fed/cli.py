@@ -173,7 +173,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 def _cmd_site(args: argparse.Namespace) -> int:
     import signal
 
-    from baps_fed.deploy import SiteSettings, start_site
+    from baps_fed.deploy import SiteSettings, supervise_site
     from baps_fed.processes import ProcessGroup
 
     if args.insecure == (args.ca is not None):
@@ -191,13 +191,12 @@ def _cmd_site(args: argparse.Namespace) -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with ProcessGroup() as group:
-        proc = start_site(settings, group)
         print(
             f"site {args.name}: SuperNode started for {args.superlink}; "
             f"log {args.out / 'supernode.log'}"
         )
         try:
-            return proc.wait()
+            return supervise_site(settings, group)
         except KeyboardInterrupt:
             print(f"site {args.name}: stopping")
             return 0

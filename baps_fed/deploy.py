@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,3 +120,28 @@ def start_site(s: SiteSettings, group: ProcessGroup) -> subprocess.Popen:
         flower_env(s.folder / "flwr_home"),
         s.folder / "supernode.log",
     )
+
+
+NOT_REGISTERED = "Failed to activate SuperNode"  # Flower's message when the key is unknown
+
+
+def supervise_site(s: SiteSettings, group: ProcessGroup, retry_s: float = 15.0) -> int:
+    """Run the SuperNode until it ends; while the coordinator has not registered this
+    hospital's key (or is not up yet), restart it every ``retry_s`` seconds."""
+    log = s.folder / "supernode.log"
+    while True:
+        start = log.stat().st_size if log.is_file() else 0
+        proc = start_site(s, group)
+        status = proc.wait()
+        with open(log, "rb") as f:
+            f.seek(start)
+            tail = f.read().decode(errors="replace")
+        if status == 0 or NOT_REGISTERED not in tail:
+            return status
+        print(
+            f"site {s.node_config.get('site-name')}: the coordinator refused or did not answer "
+            f"(not registered yet?); retrying in {retry_s:.0f} s",
+            flush=True,
+        )
+        group.procs = [p for p in group.procs if p[1] is not proc]
+        time.sleep(retry_s)

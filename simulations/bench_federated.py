@@ -45,7 +45,15 @@ def evaluate_all(sites: list[LocalSite], theta: np.ndarray) -> dict[str, dict]:
     return {s.spec.name: s.evaluate(theta) for s in sites}
 
 
-def run_seed(scenario: Scenario, cfg: FedTrainConfig, rounds: int, seed: int, fm) -> dict:
+def run_seed(
+    scenario: Scenario,
+    cfg: FedTrainConfig,
+    rounds: int,
+    seed: int,
+    fm,
+    server: ServerOptConfig,
+    arms: tuple[str, ...] = ("local_only", "federated", "pooled"),
+) -> dict:
     cfg = replace(cfg, master_seed=seed)
     specs = site_specs(scenario, seed)
     datasets = {
@@ -56,43 +64,47 @@ def run_seed(scenario: Scenario, cfg: FedTrainConfig, rounds: int, seed: int, fm
     out: dict = {"zero_shot": evaluate_all(sites, theta0)}
     steps = rounds * cfg.local_steps
 
-    t0, q0 = time.perf_counter(), fm.meter.images
-    local = {}
-    for site in sites:  # local-only: the same steps, no averaging
-        theta, state = theta0, None
+    if "local_only" in arms:
+        t0, queries, local = time.perf_counter(), 0, {}
+        for site in sites:  # local-only: the same steps, no averaging
+            theta, state = theta0, None
+            for rnd in range(1, rounds + 1):
+                r = site.train_round(theta, rnd, state)
+                theta, state = theta + r.update, r.state
+                queries += r.metrics["fm-queries"]
+            local[site.spec.name] = site.evaluate(theta)
+        out["local_only"] = local
+        out["local_only_queries"] = queries
+        out["local_only_s"] = time.perf_counter() - t0
+
+    if "federated" in arms:
+        t0, queries = time.perf_counter(), 0
+        theta, states = theta0, {s.spec.name: None for s in sites}
+        opt = ServerOptimizer(server)
         for rnd in range(1, rounds + 1):
-            r = site.train_round(theta, rnd, state)
-            theta, state = theta + r.update, r.state
-        local[site.spec.name] = site.evaluate(theta)
-    out["local_only"] = local
-    out["local_only_queries"] = fm.meter.images - q0
-    out["local_only_s"] = time.perf_counter() - t0
+            results = [s.train_round(theta, rnd, states[s.spec.name]) for s in sites]
+            for s, r in zip(sites, results, strict=True):
+                states[s.spec.name] = r.state
+                queries += r.metrics["fm-queries"]
+            mean = weighted_mean([r.update for r in results], [s.num_train for s in sites])
+            theta = opt.step(theta, mean)
+        out["federated"] = evaluate_all(sites, theta)
+        out["federated_queries"] = queries
+        out["federated_s"] = time.perf_counter() - t0
 
-    t0, q0 = time.perf_counter(), fm.meter.images
-    theta, states = theta0, {s.spec.name: None for s in sites}
-    opt = ServerOptimizer(ServerOptConfig())
-    for rnd in range(1, rounds + 1):
-        results = [s.train_round(theta, rnd, states[s.spec.name]) for s in sites]
-        for s, r in zip(sites, results, strict=True):
-            states[s.spec.name] = r.state
-        mean = weighted_mean([r.update for r in results], [s.num_train for s in sites])
-        theta = opt.step(theta, mean)
-    out["federated"] = evaluate_all(sites, theta)
-    out["federated_queries"] = fm.meter.images - q0
-    out["federated_s"] = time.perf_counter() - t0
-
-    t0, q0 = time.perf_counter(), fm.meter.images
-    pooled_data = SegmentationDataset(
-        "pooled", [s for ds in datasets.values() for s in ds], problems=[]
-    )
-    pooled = LocalSite(
-        SiteSpec("pooled", "pooled"), replace(cfg, local_steps=steps * len(sites)), fm=fm,
-        data=pooled_data,
-    )  # fmt: skip
-    r = pooled.train_round(theta0, 1, None)
-    out["pooled"] = evaluate_all(sites, theta0 + r.update)
-    out["pooled_queries"] = fm.meter.images - q0
-    out["pooled_s"] = time.perf_counter() - t0
+    if "pooled" in arms:
+        t0 = time.perf_counter()
+        pooled_data = SegmentationDataset(
+            "pooled", [s for ds in datasets.values() for s in ds], problems=[]
+        )
+        pooled = LocalSite(
+            SiteSpec("pooled", "pooled"), replace(cfg, local_steps=steps * len(sites)), fm=fm,
+            data=pooled_data,
+        )  # fmt: skip
+        r = pooled.train_round(theta0, 1, None)
+        out["pooled"] = evaluate_all(sites, theta0 + r.update)
+        out["pooled_queries"] = r.metrics["fm-queries"]
+        out["pooled_s"] = time.perf_counter() - t0
     out["train_sizes"] = {s.spec.name: s.num_train for s in sites}
     return out
 
@@ -103,7 +115,7 @@ ARMS = ("zero_shot", "local_only", "federated", "pooled")
 def summarise(runs: list[dict]) -> dict:
     names = list(runs[0]["zero_shot"])
     table = {}
-    for arm in ARMS:
+    for arm in [a for a in ARMS if a in runs[0]]:
         per_site = {n: [r[arm][n]["dice"] for r in runs] for n in names}
         weighted = []
         for r in runs:
@@ -111,11 +123,14 @@ def summarise(runs: list[dict]) -> dict:
             weighted.append(float(np.dot(w, [r[arm][n]["dice"] for n in names]) / w.sum()))
         per_site["weighted"] = weighted
         table[arm] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in per_site.items()}
-    zs, fed, pool = (table[a]["weighted"][0] for a in ("zero_shot", "federated", "pooled"))
+    share = None
+    if "federated" in table and "pooled" in table:
+        zs, fed, pool = (table[a]["weighted"][0] for a in ("zero_shot", "federated", "pooled"))
+        share = (fed - zs) / (pool - zs) if pool != zs else None
     return {
         "table": table,
-        "federated_share_of_pooled_gain": (fed - zs) / (pool - zs) if pool != zs else None,
-        "queries": {a: runs[0].get(f"{a}_queries") for a in ARMS[1:]},
+        "federated_share_of_pooled_gain": share,
+        "queries": {a: runs[0][f"{a}_queries"] for a in ARMS[1:] if a in runs[0]},
         "train_sizes": runs[0]["train_sizes"],
     }
 
@@ -123,22 +138,24 @@ def summarise(runs: list[dict]) -> dict:
 def write_markdown(path: Path, summary: dict, args: argparse.Namespace, n_seeds: int) -> None:
     t = summary["table"]
     names = [k for k in t["zero_shot"] if k != "weighted"] + ["weighted"]
+    arms = [a for a in ARMS if a in t]
     sizes = summary["train_sizes"]
     lines = [
         "# Federated vs local-only vs pooled BAPS (embedded FM, synthetic sites)",
         "",
         f"`python simulations/bench_federated.py --scenario {args.scenario} --rounds "
-        f"{args.rounds} --local-steps {args.local_steps} --seeds {' '.join(map(str, args.seeds))}`",
+        f"{args.rounds} --local-steps {args.local_steps} --server-opt {args.server_opt} "
+        f"--server-lr {args.server_lr} --seeds {' '.join(map(str, args.seeds))}`",
         "",
         f"Test Dice, mean ± std over {n_seeds} seed(s). FM image-queries for training: "
         + ", ".join(f"{a} {q}" for a, q in summary["queries"].items())
         + " (local-only: all sites together; every arm spends the same total).",
         "",
-        "| site | train n | zero-shot | local-only | federated | pooled |",
-        "|---|---|---|---|---|---|",
+        "| site | train n | " + " | ".join(a.replace("_", "-") for a in arms) + " |",
+        "|---|---|" + "---|" * len(arms),
     ]
     for n in names:
-        cells = [f"{t[a][n][0]:.3f} ± {t[a][n][1]:.3f}" for a in ARMS]
+        cells = [f"{t[a][n][0]:.3f} ± {t[a][n][1]:.3f}" for a in arms]
         lines.append(f"| {n} | {sizes.get(n, sum(sizes.values()))} | " + " | ".join(cells) + " |")
     share = summary["federated_share_of_pooled_gain"]
     lines += ["", f"Federated gain / pooled gain (weighted): {share:.2f}" if share else ""]
@@ -152,6 +169,9 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--fm", default="tiny")
+    ap.add_argument("--server-opt", default="fedavg", choices=["fedavg", "fedavgm", "fedadam"])
+    ap.add_argument("--server-lr", type=float, default=1.0)
+    ap.add_argument("--arms", nargs="+", default=["local_only", "federated", "pooled"])
     ap.add_argument("--out", type=Path, default=Path("simulations/results/federated"))
     args = ap.parse_args()
     scenario = Scenario.load(args.scenario)
@@ -160,10 +180,12 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        runs.append(run_seed(scenario, cfg, args.rounds, seed, fm))
+        server = ServerOptConfig(name=args.server_opt, lr=args.server_lr)
+        runs.append(run_seed(scenario, cfg, args.rounds, seed, fm, server, tuple(args.arms)))
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         summary = summarise(runs)
-        payload = {"config": asdict(cfg), "rounds": args.rounds, "runs": runs, **summary}
+        argv = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        payload = {"config": asdict(cfg), "args": argv, "runs": runs, **summary}
         args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
         write_markdown(args.out.with_suffix(".md"), summary, args, len(runs))
     print(args.out.with_suffix(".md").read_text())
