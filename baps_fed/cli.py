@@ -64,6 +64,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from baps_fed.fed_report import format_table
     from baps_fed.simulate import Scenario, run_simulation
 
+    _sigterm_as_interrupt()
     scenario = Scenario.load(args.scenario)
     if args.sites is not None:
         scenario = scenario.with_site_count(args.sites)
@@ -151,6 +152,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
     if args.insecure == (args.certs is not None):
         raise ValueError("give --certs DIR (TLS, the default for pilots) or --insecure")
+    _sigterm_as_interrupt()
     settings = CoordinatorSettings(
         folder=args.out,
         certs=args.certs,
@@ -170,9 +172,17 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_site(args: argparse.Namespace) -> int:
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every process we started is stopped on the way out."""
     import signal
 
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _cmd_site(args: argparse.Namespace) -> int:
     from baps_fed.deploy import SiteSettings, supervise_site
     from baps_fed.processes import ProcessGroup
 
@@ -189,7 +199,7 @@ def _cmd_site(args: argparse.Namespace) -> int:
         private_key=args.key,
         port=args.port,
     )
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _sigterm_as_interrupt()
     with ProcessGroup() as group:
         print(
             f"site {args.name}: SuperNode started for {args.superlink}; "
@@ -481,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as err:
         print(f"baps-fed {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"baps-fed {args.command}: interrupted; every process it started was stopped")
+        return 130
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ class IPDecoder(nn.Module):
         e = inputs.image_embedding
         z = (e / (e.norm(dim=1, keepdim=True) + 1e-8)) @ self.projection  # [B, r]
         z = (z - self.feat_mean) / self.feat_std
-        feats = torch.cat([torch.ones_like(z[:, :1]), z], 1)  # [B, r + 1]
+        feats = torch.cat([z.new_ones(z.shape[0], 1), z], 1)  # [B, r + 1]
         coef = thetas.view(thetas.shape[0], -1, feats.shape[1])  # [T, 3 * n_maps, r + 1]
         per_image = torch.einsum("tkr,br->tbk", coef, feats)  # [T, B, 3 * n_maps]
         maps = self._basis_maps(inputs.points01)  # [B, n_maps, S, S]

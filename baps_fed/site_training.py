@@ -23,6 +23,7 @@ from baps_fed.decoder import DecoderConfig, IPDecoder, build_decoder
 from baps_fed.evaluation import evaluate_fm
 from baps_fed.fm.base import BlackboxFM
 from baps_fed.fm.spec import load_fm
+from baps_fed.personal import WithPrivateHead
 from baps_fed.train import StepConfig, calibrate_c, prompt_fn, spsa_step
 from baps_fed.zoo import GeassConfig, SeedKey, SpsaConfig, SpsaState
 
@@ -58,6 +59,7 @@ class FedTrainConfig:
     vp_grid: int = 4
     decoder_seed: int = 0
     point_seed: int = 0  # evaluation points
+    private_head: str = "basis"  # each site's private prompt head: basis | colour | none
 
     @classmethod
     def from_flat(cls, config: dict[str, Any]) -> FedTrainConfig:
@@ -85,9 +87,10 @@ def initial_theta(cfg: FedTrainConfig) -> np.ndarray:
 
 @dataclass
 class RoundResult:
-    update: np.ndarray  # theta_local - theta_global, float32
-    state: SpsaState  # the site's optimiser state after the round
+    update: np.ndarray  # theta_local - theta_global, float32 (the shared weights only)
+    state: SpsaState  # the site's optimiser state after the round (stays at the site)
     metrics: dict[str, float]  # aggregates only: what may leave the site
+    private: np.ndarray  # the site's private head after the round (stays at the site)
 
 
 class LocalSite:
@@ -120,7 +123,13 @@ class LocalSite:
         self.images = np.stack([s.image for s in train])
         self.masks = np.stack([s.mask for s in train])
         self.fm = fm if fm is not None else load_fm(spec.fm)
-        c = calibrate_c(self.decoder, cfg.target_grey, seed=cfg.master_seed)
+        # what SPSA trains here: the shared decoder, plus the private head when there is one
+        self.model: IPDecoder | WithPrivateHead = (
+            self.decoder
+            if cfg.private_head == "none"
+            else WithPrivateHead(self.decoder, cfg.private_head)
+        )
+        c = calibrate_c(self.model, cfg.target_grey, seed=cfg.master_seed)  # type: ignore[arg-type]
         spsa = SpsaConfig(
             sp_avg=cfg.sp_avg,
             c=c,
@@ -138,8 +147,19 @@ class LocalSite:
     def num_train(self) -> int:
         return len(self.images)
 
+    def initial_private(self) -> np.ndarray:
+        return np.zeros(self.model.num_params - self.decoder.num_params, np.float32)
+
+    def _full(self, theta: np.ndarray, private: np.ndarray | None) -> np.ndarray:
+        private = self.initial_private() if private is None else private
+        return np.concatenate([np.asarray(theta, np.float32), private]).astype(np.float32)
+
     def train_round(
-        self, theta_global: np.ndarray, server_round: int, state: SpsaState | None
+        self,
+        theta_global: np.ndarray,
+        server_round: int,
+        state: SpsaState | None,
+        private: np.ndarray | None = None,
     ) -> RoundResult:
         theta = np.asarray(theta_global, np.float32).copy()
         if theta.size != self.decoder.num_params:
@@ -152,11 +172,19 @@ class LocalSite:
         key = SeedKey(self.cfg.master_seed, server_round, self.id)
         start, queries0 = time.perf_counter(), self.fm.meter.images
         losses, skipped = [], 0
+        full = self._full(theta, private)
         for _ in range(self.cfg.local_steps):
             r = spsa_step(
-                self.decoder, self.fm, self.images, self.masks, theta, state, self.step_cfg, key
+                self.model,
+                self.fm,
+                self.images,
+                self.masks,
+                full,
+                state,
+                self.step_cfg,
+                key,  # type: ignore[arg-type]
             )
-            theta, state = r.theta, r.state
+            full, state = r.theta, r.state
             skipped += r.failure is not None
             if np.isfinite(r.loss):
                 losses.append(r.loss)
@@ -167,24 +195,34 @@ class LocalSite:
             "fm-queries": self.fm.meter.images - queries0,
             "seconds": time.perf_counter() - start,
         }
-        update = (theta - np.asarray(theta_global, np.float32)).astype(np.float32)
-        return RoundResult(update, state, metrics)
+        shared, private = full[: theta.size], full[theta.size :]
+        update = (shared - np.asarray(theta_global, np.float32)).astype(np.float32)
+        return RoundResult(update, state, metrics, private.astype(np.float32))
 
-    def evaluate(self, theta: np.ndarray, split: str = "test") -> dict[str, float]:
-        """Dice/IoU/HD95 of the FM prompted by ``theta`` and zero-shot, on one split."""
+    def evaluate(
+        self, theta: np.ndarray, private: np.ndarray | None = None, split: str = "test"
+    ) -> dict[str, float]:
+        """On one split: Dice/IoU/HD95 of the FM prompted as this site uses it (the global
+        decoder plus its private head), of the global decoder alone, and zero-shot."""
         data = self.splits[split]
         queries0 = self.fm.meter.images
+        seed = self.cfg.point_seed
         if split not in self._zero_shot:
-            self._zero_shot[split] = evaluate_fm(self.fm, data, self.cfg.point_seed).summary()
-        tuned = evaluate_fm(
-            self.fm, data, self.cfg.point_seed, prompt=prompt_fn(self.decoder, theta)
-        ).summary()
+            self._zero_shot[split] = evaluate_fm(self.fm, data, seed).summary()
+        full = self._full(theta, private)
+        tuned = evaluate_fm(self.fm, data, seed, prompt=prompt_fn(self.model, full)).summary()  # type: ignore[arg-type]
+        if self.model is self.decoder:
+            global_dice = tuned["dice"]
+        else:
+            glob = evaluate_fm(self.fm, data, seed, prompt=prompt_fn(self.decoder, theta))
+            global_dice = glob.summary()["dice"]
         zero = self._zero_shot[split]
         return {
             "num-examples": len(data),
             "dice": tuned["dice"],
             "iou": tuned["iou"],
             "hd95": tuned["hd95"],
+            "global-dice": global_dice,
             "zero-shot-dice": zero["dice"],
             "zero-shot-iou": zero["iou"],
             "zero-shot-hd95": zero["hd95"],

@@ -6,7 +6,8 @@
 All arms run the code a Flower site runs (``baps_fed.site_training.LocalSite``); the Flower
 runtime itself adds transport, not arithmetic (the simulation reproduces these numbers).
 - local-only: each site trains alone for rounds x local_steps steps;
-- federated: rounds of local_steps steps per site, example-weighted FedAvg of the updates;
+- federated: rounds of local_steps steps per site, example-weighted FedAvg of the updates,
+  each site with its private head (``federated_global``: the shared decoder alone);
 - pooled: one site holding every site's training split, rounds x local_steps x sites steps,
   so its FM image-queries equal the federation's total.
 Each site's test split is the same in every arm (splits hash sample names). Seeds vary the
@@ -42,6 +43,7 @@ def site_specs(scenario: Scenario, data_seed: int) -> list[SiteSpec]:
 
 
 def evaluate_all(sites: list[LocalSite], theta: np.ndarray) -> dict[str, dict]:
+    """Every site's test split under one decoder, with no private head."""
     return {s.spec.name: s.evaluate(theta) for s in sites}
 
 
@@ -67,28 +69,35 @@ def run_seed(
     if "local_only" in arms:
         t0, queries, local = time.perf_counter(), 0, {}
         for site in sites:  # local-only: the same steps, no averaging
-            theta, state = theta0, None
+            theta, state, private = theta0, None, None
             for rnd in range(1, rounds + 1):
-                r = site.train_round(theta, rnd, state)
-                theta, state = theta + r.update, r.state
+                r = site.train_round(theta, rnd, state, private)
+                theta, state, private = theta + r.update, r.state, r.private
                 queries += r.metrics["fm-queries"]
-            local[site.spec.name] = site.evaluate(theta)
+            local[site.spec.name] = site.evaluate(theta, private)
         out["local_only"] = local
         out["local_only_queries"] = queries
         out["local_only_s"] = time.perf_counter() - t0
 
     if "federated" in arms:
         t0, queries = time.perf_counter(), 0
-        theta, states = theta0, {s.spec.name: None for s in sites}
+        theta = theta0
+        states: dict = {s.spec.name: None for s in sites}
+        privates: dict = {s.spec.name: None for s in sites}
         opt = ServerOptimizer(server)
         for rnd in range(1, rounds + 1):
-            results = [s.train_round(theta, rnd, states[s.spec.name]) for s in sites]
+            results = [
+                s.train_round(theta, rnd, states[s.spec.name], privates[s.spec.name]) for s in sites
+            ]
             for s, r in zip(sites, results, strict=True):
-                states[s.spec.name] = r.state
+                states[s.spec.name], privates[s.spec.name] = r.state, r.private
                 queries += r.metrics["fm-queries"]
             mean = weighted_mean([r.update for r in results], [s.num_train for s in sites])
             theta = opt.step(theta, mean)
-        out["federated"] = evaluate_all(sites, theta)
+        out["federated"] = {s.spec.name: s.evaluate(theta, privates[s.spec.name]) for s in sites}
+        out["federated_global"] = {  # the shared decoder alone, without the private heads
+            n: {**m, "dice": m["global-dice"]} for n, m in out["federated"].items()
+        }
         out["federated_queries"] = queries
         out["federated_s"] = time.perf_counter() - t0
 
@@ -98,7 +107,9 @@ def run_seed(
             "pooled", [s for ds in datasets.values() for s in ds], problems=[]
         )
         pooled = LocalSite(
-            SiteSpec("pooled", "pooled"), replace(cfg, local_steps=steps * len(sites)), fm=fm,
+            SiteSpec("pooled", "pooled"),
+            replace(cfg, local_steps=steps * len(sites), private_head="none"),  # one model
+            fm=fm,
             data=pooled_data,
         )  # fmt: skip
         r = pooled.train_round(theta0, 1, None)
@@ -109,7 +120,7 @@ def run_seed(
     return out
 
 
-ARMS = ("zero_shot", "local_only", "federated", "pooled")
+ARMS = ("zero_shot", "local_only", "federated_global", "federated", "pooled")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -130,7 +141,7 @@ def summarise(runs: list[dict]) -> dict:
     return {
         "table": table,
         "federated_share_of_pooled_gain": share,
-        "queries": {a: runs[0][f"{a}_queries"] for a in ARMS[1:] if a in runs[0]},
+        "queries": {a: runs[0][f"{a}_queries"] for a in ARMS[1:] if f"{a}_queries" in runs[0]},
         "train_sizes": runs[0]["train_sizes"],
     }
 
@@ -169,13 +180,17 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--fm", default="tiny")
-    ap.add_argument("--server-opt", default="fedavg", choices=["fedavg", "fedavgm", "fedadam"])
+    ap.add_argument("--server-opt", default="fedavgm", choices=["fedavg", "fedavgm", "fedadam"])
     ap.add_argument("--server-lr", type=float, default=1.0)
     ap.add_argument("--arms", nargs="+", default=["local_only", "federated", "pooled"])
+    ap.add_argument("--private-head", choices=["colour", "basis", "none"])
     ap.add_argument("--out", type=Path, default=Path("simulations/results/federated"))
     args = ap.parse_args()
     scenario = Scenario.load(args.scenario)
-    cfg = FedTrainConfig.from_flat({**scenario.train, "local-steps": args.local_steps})
+    overrides = {"local-steps": args.local_steps}
+    if args.private_head:
+        overrides["private-head"] = args.private_head
+    cfg = FedTrainConfig.from_flat({**scenario.train, **overrides})
     fm = load_fm(args.fm)
     runs = []
     for seed in args.seeds:

@@ -81,6 +81,12 @@ def _save_state(context: Context, state: SpsaState) -> None:
         context.state["spsa-momentum"] = ArrayRecord({"m": Array(np.array(state.momentum))})
 
 
+def _load_private(context: Context) -> np.ndarray | None:
+    if "private-head" not in context.state:
+        return None
+    return context.state["private-head"]["w"].numpy()
+
+
 def _theta(msg: Message) -> np.ndarray:
     return msg.content["arrays"]["theta"].numpy()
 
@@ -92,8 +98,11 @@ app = ClientApp(mods=[outbox_guard(_update_size)])
 def train(msg: Message, context: Context) -> Message:
     site = local_site(context)
     server_round = int(msg.content["config"]["server-round"])
-    result = site.train_round(_theta(msg), server_round, _load_state(context))
-    _save_state(context, result.state)
+    result = site.train_round(
+        _theta(msg), server_round, _load_state(context), _load_private(context)
+    )
+    _save_state(context, result.state)  # the optimiser state and private head stay here
+    context.state["private-head"] = ArrayRecord({"w": Array(result.private)})
     logger.info("site %s round %d: %s", site.spec.name, server_round, result.metrics)
     content = RecordDict(
         {
@@ -108,7 +117,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     site = local_site(context)
-    metrics = site.evaluate(_theta(msg))
+    metrics = site.evaluate(_theta(msg), _load_private(context))
     content = RecordDict(
         {"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site.spec.name})}
     )

@@ -19,6 +19,7 @@ EVALUATE_METRICS = frozenset(
         "dice",
         "iou",
         "hd95",
+        "global-dice",
         "zero-shot-dice",
         "zero-shot-iou",
         "zero-shot-hd95",

@@ -165,6 +165,10 @@ def test_two_rounds_change_the_decoder_and_report_every_site(fed_setup, tmp_path
         assert entry["train"]["a"]["fm-queries"] == 2 * 2 * 2 * 2  # steps x 2K x batch
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| a |" in report and "| weighted |" in report
+    # the private head trained at each site and stayed there (the update is the shared part)
+    for node in (11, 12):
+        private = grid.contexts[node].state["private-head"]["w"].numpy()
+        assert private.shape == (18,) and np.abs(private).sum() > 0
     # every message a site sent: only what may leave
     assert len(grid.replies) == 8
     for reply in grid.replies:
