@@ -19,7 +19,7 @@ ServerOpt = Literal["fedavg", "fedavgm", "fedadam"]
 
 @dataclass(frozen=True)
 class ServerOptConfig:
-    name: ServerOpt = "fedavgm"
+    name: ServerOpt = "fedavg"
     lr: float = 1.0
     momentum: float = 0.9  # fedavgm
     beta1: float = 0.9  # fedadam

@@ -14,7 +14,7 @@ class CoordinatorConfig:
     min_sites: int = 2  # a round waits for this many connected sites and needs as many replies
     round_timeout: float = 900.0  # seconds a round waits for replies; late sites are dropped
     eval_every: int = 1  # federated evaluation every N rounds (and always after the last)
-    server_opt: str = "fedavgm"
+    server_opt: str = "fedavg"
     server_lr: float = 1.0
     out_dir: str = "runs/federated"
     resume: bool = False

@@ -180,7 +180,7 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--fm", default="tiny")
-    ap.add_argument("--server-opt", default="fedavgm", choices=["fedavg", "fedavgm", "fedadam"])
+    ap.add_argument("--server-opt", default="fedavg", choices=["fedavg", "fedavgm", "fedadam"])
     ap.add_argument("--server-lr", type=float, default=1.0)
     ap.add_argument("--arms", nargs="+", default=["local_only", "federated", "pooled"])
     ap.add_argument("--private-head", choices=["colour", "basis", "none"])
