@@ -51,10 +51,10 @@ class LoopbackGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
+            if self.on_deliver:  # may take nodes down, this one included
+                self.on_deliver(msg)
             if node in self.down:
                 continue  # as after a timeout: no reply
-            if self.on_deliver:
-                self.on_deliver(msg)
             reply = self.client_app(msg, self.contexts[node])
             self.replies.append(reply)
             replies.append(reply)
