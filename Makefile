@@ -21,4 +21,4 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check baps_fed simulations tests
+	$(VENV)/bin/ruff check baps_fed sites coordinator simulations tests
