@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from baps_fed.data.sources import open_source
 from baps_fed.data.splits import split_dataset
 from baps_fed.decoder import DecoderConfig, IPDecoder, build_decoder
 from baps_fed.evaluation import evaluate_fm
+from baps_fed.flat_config import values_from_flat
 from baps_fed.fm.base import BlackboxFM
 from baps_fed.fm.spec import load_fm
 from baps_fed.personal import WithPrivateHead
@@ -64,12 +65,7 @@ class FedTrainConfig:
     @classmethod
     def from_flat(cls, config: dict[str, Any]) -> FedTrainConfig:
         """From a flat dict with Flower-style keys ("local-steps") or field names."""
-        values = {}
-        for f in fields(cls):
-            for key in (f.name, f.name.replace("_", "-")):
-                if key in config:
-                    values[f.name] = type(getattr(cls(), f.name))(config[key])
-        return cls(**values)
+        return cls(**values_from_flat(cls, config))
 
     def decoder_config(self) -> DecoderConfig:
         return DecoderConfig(preset=self.preset, vp_grid=self.vp_grid, init_seed=self.decoder_seed)  # type: ignore[arg-type]
@@ -238,8 +234,5 @@ def spec_from_flat(config: dict[str, Any], default_name: str) -> SiteSpec:
             "the node config names no data: start the site with --node-config "
             "'data=\"/path/to/site\"' (or a synthetic modality name)"
         )
-    values: dict[str, Any] = {"name": str(config.get("site-name", default_name))}
-    for f in fields(SiteSpec):
-        if f.name != "name" and f.name in config:
-            values[f.name] = type(getattr(SiteSpec("", ""), f.name))(config[f.name])
-    return SiteSpec(**values)
+    name = str(config.get("site-name", default_name))
+    return SiteSpec(name=name, data=str(config["data"]), **values_from_flat(SiteSpec, config))

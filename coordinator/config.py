@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from baps_fed.aggregate import ServerOptConfig
+from baps_fed.flat_config import values_from_flat
 
 
 @dataclass(frozen=True)
@@ -21,23 +22,10 @@ class CoordinatorConfig:
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> CoordinatorConfig:
-        values = {}
-        for f in fields(cls):
-            key = f.name.replace("_", "-")
-            if key in config:
-                values[f.name] = _coerce(config[key], type(getattr(cls(), f.name)), key)
-        cfg = cls(**values)
+        cfg = cls(**values_from_flat(cls, config))
         if cfg.rounds < 1 or cfg.min_sites < 1 or cfg.eval_every < 1:
             raise ValueError(f"rounds, min-sites and eval-every must be >= 1: {cfg}")
         return cfg
 
     def server_optimizer(self) -> ServerOptConfig:
         return ServerOptConfig(name=self.server_opt, lr=self.server_lr)  # type: ignore[arg-type]
-
-
-def _coerce(value: Any, kind: type, key: str) -> Any:
-    if kind is bool and isinstance(value, str):  # bool("false") would be True
-        if value.lower() not in ("true", "false"):
-            raise ValueError(f"run config {key}: expected true or false, got {value!r}")
-        return value.lower() == "true"
-    return kind(value)
