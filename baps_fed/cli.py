@@ -58,10 +58,22 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_run(command: str, status: int, out: Path) -> int:
+    """The end of a federated run: the per-site table and the report's path, or the failure."""
+    from baps_fed.fed_report import format_table
+
+    table = out / "final_table.json"
+    if status != 0 or not table.is_file():
+        print(f"baps-fed {command}: the run failed (status {status}); see {out / 'run.log'}")
+        return status or 1
+    print(format_table(json.loads(table.read_text())["rows"]))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from baps_fed.fed_report import format_table
     from baps_fed.simulate import Scenario, run_simulation
 
     _sigterm_as_interrupt()
@@ -101,13 +113,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 f"({stats.merged_calls} merged several sites' requests); stopped",
                 flush=True,
             )
-    table = out / "final_table.json"
-    if status != 0 or not table.is_file():
-        print(f"baps-fed simulate: the run failed (status {status}); see {out / 'run.log'}")
-        return status or 1
-    print(format_table(json.loads(table.read_text())["rows"]))
-    print(f"report: {out / 'report.md'}")
-    return 0
+    return _report_run("simulate", status, out)
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
@@ -148,7 +154,6 @@ def _toml_value(text: str):
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
     from baps_fed.deploy import CoordinatorSettings, run_coordinator
-    from baps_fed.fed_report import format_table
 
     if args.insecure == (args.certs is not None):
         raise ValueError("give --certs DIR (TLS, the default for pilots) or --insecure")
@@ -162,14 +167,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         port=args.port,
         run_config=_run_config_from_args(args),
     )
-    status = run_coordinator(settings)
-    table = args.out / "final_table.json"
-    if status != 0 or not table.is_file():
-        print(f"baps-fed coordinator: the run failed (status {status}); see {args.out}/run.log")
-        return status or 1
-    print(format_table(json.loads(table.read_text())["rows"]))
-    print(f"report: {args.out / 'report.md'}")
-    return 0
+    return _report_run("coordinator", run_coordinator(settings), args.out)
 
 
 def _sigterm_as_interrupt() -> None:

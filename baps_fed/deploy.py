@@ -143,5 +143,5 @@ def supervise_site(s: SiteSettings, group: ProcessGroup, retry_s: float = 15.0) 
             f"(not registered yet?); retrying in {retry_s:.0f} s",
             flush=True,
         )
-        group.procs = [p for p in group.procs if p[1] is not proc]
+        group.forget(proc)
         time.sleep(retry_s)

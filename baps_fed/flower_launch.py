@@ -124,7 +124,7 @@ def flwr_run(
         text=True,
         start_new_session=True,
     )
-    group.procs.append(("flwr run", proc, log))
+    group.adopt("flwr run", proc, log)
     with open(log, "a") as f:
         assert proc.stdout is not None
         for line in proc.stdout:

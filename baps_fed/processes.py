@@ -52,12 +52,24 @@ class ProcessGroup:
     def start(
         self, name: str, cmd: Sequence[str], env: dict[str, str], log: Path | None = None
     ) -> subprocess.Popen:
-        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
-        proc = subprocess.Popen(
-            list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            if log:
+                out.close()  # the child has its own copy of the descriptor
+        return self.adopt(name, proc, log)
+
+    def adopt(self, name: str, proc: subprocess.Popen, log: Path | None = None):
+        """Own a process started elsewhere: stop() will end it and its children."""
         self.procs.append((name, proc, log))
         return proc
+
+    def forget(self, proc: subprocess.Popen) -> None:
+        """Drop a process that has already ended (a restarted one is adopted anew)."""
+        self.procs = [p for p in self.procs if p[1] is not proc]
 
     def stop_one(self, proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         _terminate_tree(proc.pid, grace_s)
