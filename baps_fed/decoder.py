@@ -210,6 +210,8 @@ class IPDecoder(nn.Module):
 
 
 REFERENCE_PROBE = 128  # general-domain scenes behind the feature statistics
+# Their seeds: apart from FM pretraining (< 1e6), its hold-out (1e7) and `general` (2e7+).
+REFERENCE_SEED0 = 5_000_000
 
 
 @functools.cache
@@ -222,11 +224,6 @@ def _reference_embeddings(encoder_id: str, encoder: SmallImageEncoder) -> torch.
     with torch.no_grad():
         e = encoder(x)
     return e / (e.norm(dim=1, keepdim=True) + 1e-8)
-
-
-REFERENCE_SEED0 = (
-    5_000_000  # apart from FM pretraining (< 1e6), held-out (1e7) and `general` (2e7+)
-)
 
 
 def _reference_stats(

@@ -27,7 +27,7 @@ def site_name(msg: Message) -> str:
 
 class UpdateAveraging(FedAvg):
     def __init__(self, optimizer: ServerOptimizer, theta: np.ndarray, **kwargs) -> None:
-        super().__init__(arrayrecord_key="arrays", **kwargs)
+        super().__init__(**kwargs)  # replies and messages use FedAvg's "arrays" key
         self.optimizer = optimizer
         self.theta = np.asarray(theta, np.float32)
         self.site_train: dict[str, dict[str, float]] = {}

@@ -55,30 +55,18 @@ def _update_size(context: Context) -> int:
 def _load_state(context: Context) -> SpsaState | None:
     if "spsa" not in context.state:
         return None
-    s = context.state["spsa"]
-    m = context.state["spsa-momentum"]["m"].numpy() if "spsa-momentum" in context.state else None
-    return SpsaState.from_dict(
-        {
-            "step": s["step"],
-            "low_count": s["low-count"],
-            "strike_left": s["strike-left"],
-            "c_mult": s["c-mult"],
-            "momentum": m,
-        }
-    )
+    d = dict(context.state["spsa"])
+    if "spsa-momentum" in context.state:
+        d["momentum"] = context.state["spsa-momentum"]["m"].numpy()
+    return SpsaState.from_dict(d)
 
 
 def _save_state(context: Context, state: SpsaState) -> None:
-    context.state["spsa"] = ConfigRecord(
-        {
-            "step": state.step,
-            "low-count": state.low_count,
-            "strike-left": state.strike_left,
-            "c-mult": state.c_mult,
-        }
-    )
-    if state.momentum is not None:
-        context.state["spsa-momentum"] = ArrayRecord({"m": Array(np.array(state.momentum))})
+    d = state.to_dict()
+    momentum = d.pop("momentum", None)
+    context.state["spsa"] = ConfigRecord(d)
+    if momentum is not None:
+        context.state["spsa-momentum"] = ArrayRecord({"m": Array(momentum)})
 
 
 def _load_private(context: Context) -> np.ndarray | None:

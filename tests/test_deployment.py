@@ -7,6 +7,7 @@ starts a fresh ClientApp process per message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -72,13 +73,32 @@ def _all_stopped(pids: list[int]) -> bool:
     return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
 
 
+@contextlib.contextmanager
+def _processes():
+    """The processes a test starts: all stopped by PID at the end, pass or fail; on a pass,
+    also checked to be gone (children included)."""
+    group = ProcessGroup()
+    try:
+        yield group
+    except BaseException:
+        group.stop()
+        raise
+    pids = group.pids()
+    group.stop()
+    assert _all_stopped(pids)
+
+
+def _finished(thread: threading.Thread, result: dict, what: str) -> None:
+    thread.join(timeout=420)
+    assert not thread.is_alive(), what
+    assert result.get("status") == 0, result
+
+
 def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, fm_spec):
     certs = tmp_path / "certs"
     make_pilot_certs(certs, [], ["hospital-a", "hospital-b", "intruder"])
     port = free_port()
-    group = ProcessGroup()
-    pids: list[int] = []
-    try:
+    with _processes() as group:
         settings = CoordinatorSettings(
             folder=tmp_path / "coordinator", certs=certs,
             node_keys=[certs / "nodes" / "hospital-a.pub", certs / "nodes" / "hospital-b.pub"],
@@ -96,14 +116,7 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
         intruder = _site("intruder", "fundus", fm_spec, port, tmp_path, ca_cert=certs / "ca.crt",
                          private_key=certs / "nodes" / "intruder")  # fmt: skip
         start_site(intruder, group)
-        thread.join(timeout=420)
-        pids = group.pids()
-        assert not thread.is_alive(), "the federated run did not finish within 7 minutes"
-        assert result.get("status") == 0, result
-    finally:
-        pids = pids or group.pids()
-        group.stop()
-    assert _all_stopped(pids)
+        _finished(thread, result, "the federated run did not finish within 7 minutes")
 
     state = load_checkpoint(tmp_path / "coordinator")
     assert state.round == 2
@@ -123,9 +136,7 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
 
 def test_a_killed_site_does_not_stop_the_run(tmp_path, fm_spec):
     port = free_port()
-    group = ProcessGroup()
-    pids: list[int] = []
-    try:
+    with _processes() as group:
         start_site(_site("hospital-a", "fundus", fm_spec, port, tmp_path), group)
         doomed = start_site(_site("hospital-b", "ultrasound", fm_spec, port, tmp_path), group)
         settings = CoordinatorSettings(
@@ -140,14 +151,7 @@ def test_a_killed_site_does_not_stop_the_run(tmp_path, fm_spec):
             "b receiving a train message",
         )
         group.stop_one(doomed)  # mid-round: b got its train message and dies
-        thread.join(timeout=420)
-        pids = group.pids()
-        assert not thread.is_alive(), "the run stalled after a site died"
-        assert result.get("status") == 0, result
-    finally:
-        pids = pids or group.pids()
-        group.stop()
-    assert _all_stopped(pids)
+        _finished(thread, result, "the run stalled after a site died")
     history = json.loads((tmp_path / "coordinator" / "rounds.json").read_text())["history"]
     assert [e["round"] for e in history] == [1, 2]
     assert "hospital-a" in history[1]["train"] and "hospital-b" not in history[1]["train"]
