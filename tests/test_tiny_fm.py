@@ -22,7 +22,7 @@ def test_weights_are_small_and_say_how_they_were_made():
     assert path.stat().st_size < 20e6
     _, meta = load_tiny_sam(path)
     assert meta["command"].startswith("python simulations/pretrain_tiny_fm.py")
-    assert meta["holdout_dice"] >= 0.75
+    assert meta["holdout_dice"] >= 0.85  # the goal for the shipped FM (issue 2)
 
 
 @pytest.fixture(scope="module")

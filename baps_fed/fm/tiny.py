@@ -26,7 +26,7 @@ def default_weights_path() -> Path:
 
 def save_tiny_weights(path: Path, sam: Sam, arch: SamArchitecture, meta: dict) -> None:
     """Half-precision weights, architecture and provenance in one small file."""
-    state = {k: v.detach().to(torch.float16) for k, v in sam.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float16) for k, v in sam.state_dict().items()}
     torch.save({"config": asdict(arch), "state_dict": state, "meta": meta}, path)
 
 
