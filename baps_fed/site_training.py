@@ -2,8 +2,10 @@
 
 ``sites/`` (the Flower ClientApp) is a thin shell around ``LocalSite``; the benchmarks use the
 same class for local-only and pooled training, so every arm runs the same code. A round starts
-from the global decoder, takes ``local_steps`` SPSA-GC steps with the site's own optimiser state
-(kept across rounds), and returns the update ``theta_local - theta_global`` and aggregate metrics.
+from the global decoder (or, with ``personal_keep`` > 0, from a mix of it and the site's own
+decoder of the last round), takes ``local_steps`` SPSA-GC steps with the site's own optimiser
+state (kept across rounds), and returns the update ``theta_end - theta_start`` and aggregate
+metrics.
 Perturbations are named by (master seed, round, site id, step), so any machine can replay them.
 """
 
@@ -61,6 +63,9 @@ class FedTrainConfig:
     decoder_seed: int = 0
     point_seed: int = 0  # evaluation points
     private_head: str = "basis"  # each site's private prompt head: basis | colour | none
+    # Share of its own decoder a site keeps when a round starts: it starts from
+    # (1 - keep) * global + keep * own (0: plain FedAvg, every site starts from the global).
+    personal_keep: float = 0.0
 
     @classmethod
     def from_flat(cls, config: dict[str, Any]) -> FedTrainConfig:
@@ -83,10 +88,11 @@ def initial_theta(cfg: FedTrainConfig) -> np.ndarray:
 
 @dataclass
 class RoundResult:
-    update: np.ndarray  # theta_local - theta_global, float32 (the shared weights only)
+    update: np.ndarray  # theta_end - theta_start, float32 (the shared weights only)
     state: SpsaState  # the site's optimiser state after the round (stays at the site)
     metrics: dict[str, float]  # aggregates only: what may leave the site
     private: np.ndarray  # the site's private head after the round (stays at the site)
+    personal: np.ndarray  # the site's own shared-shape decoder after the round (stays)
 
 
 class LocalSite:
@@ -150,20 +156,30 @@ class LocalSite:
         private = self.initial_private() if private is None else private
         return np.concatenate([np.asarray(theta, np.float32), private]).astype(np.float32)
 
-    def train_round(
-        self,
-        theta_global: np.ndarray,
-        server_round: int,
-        state: SpsaState | None,
-        private: np.ndarray | None = None,
-    ) -> RoundResult:
-        theta = np.asarray(theta_global, np.float32).copy()
+    def start_point(self, theta_global: np.ndarray, personal: np.ndarray | None) -> np.ndarray:
+        """The shared-shape decoder this site uses: the global one, moved towards the site's
+        own by ``personal_keep`` (FedAvg with interpolated personalisation)."""
+        theta = np.asarray(theta_global, np.float32)
         if theta.size != self.decoder.num_params:
             raise ValueError(
                 f"site {self.spec.name!r}: the global decoder has {theta.size} parameters, "
                 f"this site's decoder {self.decoder.num_params}: the run and the site disagree "
                 "on the decoder preset"
             )
+        keep = self.cfg.personal_keep
+        if personal is None or keep == 0:
+            return theta.copy()
+        return ((1 - keep) * theta + keep * np.asarray(personal, np.float32)).astype(np.float32)
+
+    def train_round(
+        self,
+        theta_global: np.ndarray,
+        server_round: int,
+        state: SpsaState | None,
+        private: np.ndarray | None = None,
+        personal: np.ndarray | None = None,
+    ) -> RoundResult:
+        theta = self.start_point(theta_global, personal)
         state = state or SpsaState()
         key = SeedKey(self.cfg.master_seed, server_round, self.id)
         start, queries0 = time.perf_counter(), self.fm.meter.images
@@ -192,22 +208,29 @@ class LocalSite:
             "seconds": time.perf_counter() - start,
         }
         shared, private = full[: theta.size], full[theta.size :]
-        update = (shared - np.asarray(theta_global, np.float32)).astype(np.float32)
-        return RoundResult(update, state, metrics, private.astype(np.float32))
+        update = (shared - theta).astype(np.float32)  # the site's progress this round
+        return RoundResult(
+            update, state, metrics, private.astype(np.float32), shared.astype(np.float32)
+        )
 
     def evaluate(
-        self, theta: np.ndarray, private: np.ndarray | None = None, split: str = "test"
+        self,
+        theta: np.ndarray,
+        private: np.ndarray | None = None,
+        split: str = "test",
+        personal: np.ndarray | None = None,
     ) -> dict[str, float]:
-        """On one split: Dice/IoU/HD95 of the FM prompted as this site uses it (the global
-        decoder plus its private head), of the global decoder alone, and zero-shot."""
+        """On one split: Dice/IoU/HD95 of the FM prompted as this site uses it (its start point
+        from the global decoder, plus its private head), of the global decoder alone, and
+        zero-shot."""
         data = self.splits[split]
         queries0 = self.fm.meter.images
         seed = self.cfg.point_seed
         if split not in self._zero_shot:
             self._zero_shot[split] = evaluate_fm(self.fm, data, seed).summary()
-        full = self._full(theta, private)
+        full = self._full(self.start_point(theta, personal), private)
         tuned = evaluate_fm(self.fm, data, seed, prompt=prompt_fn(self.model, full)).summary()  # type: ignore[arg-type]
-        if self.model is self.decoder:
+        if self.model is self.decoder and np.array_equal(full, theta):
             global_dice = tuned["dice"]
         else:
             glob = evaluate_fm(self.fm, data, seed, prompt=prompt_fn(self.decoder, theta))

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from baps_fed.aggregate import ServerOptConfig, ServerOptimizer, weighted_mean
 from baps_fed.data.sample import SegmentationDataset
@@ -84,17 +86,25 @@ def run_seed(
         theta = theta0
         states: dict = {s.spec.name: None for s in sites}
         privates: dict = {s.spec.name: None for s in sites}
+        personals: dict = {s.spec.name: None for s in sites}
         opt = ServerOptimizer(server)
         for rnd in range(1, rounds + 1):
             results = [
-                s.train_round(theta, rnd, states[s.spec.name], privates[s.spec.name]) for s in sites
+                s.train_round(
+                    theta, rnd, states[s.spec.name], privates[s.spec.name], personals[s.spec.name]
+                )
+                for s in sites
             ]
             for s, r in zip(sites, results, strict=True):
                 states[s.spec.name], privates[s.spec.name] = r.state, r.private
+                personals[s.spec.name] = r.personal
                 queries += r.metrics["fm-queries"]
             mean = weighted_mean([r.update for r in results], [s.num_train for s in sites])
             theta = opt.step(theta, mean)
-        out["federated"] = {s.spec.name: s.evaluate(theta, privates[s.spec.name]) for s in sites}
+        out["federated"] = {
+            s.spec.name: s.evaluate(theta, privates[s.spec.name], personal=personals[s.spec.name])
+            for s in sites
+        }
         out["federated_global"] = {  # the shared decoder alone, without the private heads
             n: {**m, "dice": m["global-dice"]} for n, m in out["federated"].items()
         }
@@ -154,9 +164,7 @@ def write_markdown(path: Path, summary: dict, args: argparse.Namespace, n_seeds:
     lines = [
         "# Federated vs local-only vs pooled BAPS (embedded FM, synthetic sites)",
         "",
-        f"`python simulations/bench_federated.py --scenario {args.scenario} --rounds "
-        f"{args.rounds} --local-steps {args.local_steps} --server-opt {args.server_opt} "
-        f"--server-lr {args.server_lr} --seeds {' '.join(map(str, args.seeds))}`",
+        "`python " + " ".join(sys.argv) + "`",
         "",
         f"Test Dice, mean ± std over {n_seeds} seed(s). FM image-queries for training: "
         + ", ".join(f"{a} {q}" for a, q in summary["queries"].items())
@@ -170,6 +178,15 @@ def write_markdown(path: Path, summary: dict, args: argparse.Namespace, n_seeds:
         lines.append(f"| {n} | {sizes.get(n, sum(sizes.values()))} | " + " | ".join(cells) + " |")
     share = summary["federated_share_of_pooled_gain"]
     lines += ["", f"Federated gain / pooled gain (weighted): {share:.2f}" if share else ""]
+    if "federated" in t and "local_only" in t:
+        smallest = min(sizes.values())
+        for n in [n for n, k in sizes.items() if k == smallest]:
+            fed, loc = t["federated"][n][0], t["local_only"][n][0]
+            verdict = "beats" if fed > loc else "does not beat"
+            lines.append(
+                f"Smallest site {n} ({smallest} training cases): federated {fed:.3f} "
+                f"{verdict} local-only {loc:.3f}."
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -184,12 +201,19 @@ def main() -> None:
     ap.add_argument("--server-lr", type=float, default=1.0)
     ap.add_argument("--arms", nargs="+", default=["local_only", "federated", "pooled"])
     ap.add_argument("--private-head", choices=["colour", "basis", "none"])
+    ap.add_argument("--personal-keep", type=float, help="override the scenario's personal-keep")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 when two benchmarks share 2 cores)"
+    )
     ap.add_argument("--out", type=Path, default=Path("simulations/results/federated"))
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     scenario = Scenario.load(args.scenario)
     overrides = {"local-steps": args.local_steps}
     if args.private_head:
         overrides["private-head"] = args.private_head
+    if args.personal_keep is not None:
+        overrides["personal-keep"] = args.personal_keep
     cfg = FedTrainConfig.from_flat({**scenario.train, **overrides})
     fm = load_fm(args.fm)
     runs = []

@@ -4,7 +4,8 @@ Site settings come from the SuperNode's node config (``data``, ``site-name``, ``
 ``seed``, ``scanner``, ``layout``); in Flower's simulation runtime, where a node config holds
 only ``partition-id``, the run config's ``sites`` (a JSON list of the same fields) names the
 site of each partition. Run settings (local steps, SPSA, decoder) come from the run config.
-The site's SPSA state lives in ``context.state`` and carries across rounds.
+The site's SPSA state, private head and own decoder (``personal-keep``) live in
+``context.state`` and carry across rounds; none of them is ever sent.
 """
 
 from __future__ import annotations
@@ -69,10 +70,14 @@ def _save_state(context: Context, state: SpsaState) -> None:
         context.state["spsa-momentum"] = ArrayRecord({"m": Array(momentum)})
 
 
-def _load_private(context: Context) -> np.ndarray | None:
-    if "private-head" not in context.state:
+def _load_array(context: Context, name: str) -> np.ndarray | None:
+    if name not in context.state:
         return None
-    return context.state["private-head"]["w"].numpy()
+    return context.state[name]["w"].numpy()
+
+
+def _save_array(context: Context, name: str, value: np.ndarray) -> None:
+    context.state[name] = ArrayRecord({"w": Array(value)})
 
 
 def _theta(msg: Message) -> np.ndarray:
@@ -87,10 +92,16 @@ def train(msg: Message, context: Context) -> Message:
     site = local_site(context)
     server_round = int(msg.content["config"]["server-round"])
     result = site.train_round(
-        _theta(msg), server_round, _load_state(context), _load_private(context)
+        _theta(msg),
+        server_round,
+        _load_state(context),
+        _load_array(context, "private-head"),
+        _load_array(context, "personal-decoder"),
     )
-    _save_state(context, result.state)  # the optimiser state and private head stay here
-    context.state["private-head"] = ArrayRecord({"w": Array(result.private)})
+    # the optimiser state, private head and own decoder stay here
+    _save_state(context, result.state)
+    _save_array(context, "private-head", result.private)
+    _save_array(context, "personal-decoder", result.personal)
     logger.info("site %s round %d: %s", site.spec.name, server_round, result.metrics)
     content = RecordDict(
         {
@@ -105,7 +116,11 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     site = local_site(context)
-    metrics = site.evaluate(_theta(msg), _load_private(context))
+    metrics = site.evaluate(
+        _theta(msg),
+        _load_array(context, "private-head"),
+        personal=_load_array(context, "personal-decoder"),
+    )
     content = RecordDict(
         {"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site.spec.name})}
     )

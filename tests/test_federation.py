@@ -176,6 +176,17 @@ def test_two_rounds_change_the_decoder_and_report_every_site(fed_setup, tmp_path
         _allowed_only(reply.content)
 
 
+def test_a_site_keeps_its_own_decoder_at_home_when_asked(fed_setup, tmp_path):
+    grid, context = fed_setup(2, tmp_path / "run", **{"personal-keep": 0.5})
+    state = run_rounds(grid, context)
+    for node in (11, 12):
+        own = grid.contexts[node].state["personal-decoder"]["w"].numpy()
+        assert own.shape == (DIM,) and not np.array_equal(own, state.theta)
+    for reply in grid.replies:  # the own decoder never leaves: same allow-list as ever
+        assert not reply.has_error()
+        _allowed_only(reply.content)
+
+
 def test_a_restarted_coordinator_continues_with_the_identical_decoder(fed_setup, tmp_path):
     out = tmp_path / "run"
     run_rounds(*fed_setup(2, out, server_opt="fedavgm"))
