@@ -26,6 +26,7 @@ from baps_fed.evaluation import evaluate_fm
 from baps_fed.fm.base import BlackboxFM, QueryBudgetExceeded
 from baps_fed.fm.service.errors import FMAuthError, FMMessageTooLarge, FMServiceError
 from baps_fed.metrics import LOSSES
+from baps_fed.privacy import DPConfig, poisson_batch, private_k_vector, secret_rng
 from baps_fed.prompting import apply_prompt, grey_levels
 from baps_fed.zoo import (
     GeassConfig,
@@ -34,6 +35,7 @@ from baps_fed.zoo import (
     SpsaState,
     StepInfo,
     apply_update,
+    average_diffs,
     current_c,
     seed_words,
     step_perturbations,
@@ -50,6 +52,9 @@ class StepConfig:
     fm_retries: int = 2
     spsa: SpsaConfig = field(default_factory=SpsaConfig)
     geass: GeassConfig = field(default_factory=GeassConfig)
+    # DP on the K loss differences (baps_fed/privacy.py); batches are then Poisson-sampled at
+    # dp.sample_rate and batch_size is unused
+    dp: DPConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,9 @@ class StepResult:
     loss: float  # mean over the batch of (L+ + L-) / 2: the loss near theta
     fm_images: int
     failure: str | None = None  # why the step was skipped, when it was
+    # the K-vector the update was computed from (noisy under DP): with the seeds, all that
+    # is needed to replay the step (zoo.replay)
+    k_vector: np.ndarray | None = None
 
 
 def batch_rng(key: SeedKey, step: int) -> np.random.Generator:
@@ -108,33 +116,58 @@ def spsa_step(
     cfg: StepConfig,
     key: SeedKey,
 ) -> StepResult:
-    """One SPSA-GC/GEASS step on a batch of this site's data; 2K x B images in one FM call."""
+    """One SPSA-GC/GEASS step on a batch of this site's data; 2K x B images in one FM call.
+
+    Under DP (``cfg.dp``) the batch is Poisson-sampled from a secret generator and the update
+    is computed from the clipped, noised K-vector alone (``privacy.private_k_vector``)."""
     k = cfg.spsa.sp_avg
-    idx, points = sample_batch(masks, cfg.batch_size, batch_rng(key, state.step), cfg.point_mode)
-    batch_images, batch_masks = images[idx], masks[idx]
-    inputs = decoder.encode(batch_images, points)
-    deltas = step_perturbations(key, state, cfg.spsa, theta.size)
-    c = current_c(state, cfg.spsa, cfg.geass)
-    thetas = np.concatenate([theta + c * deltas, theta - c * deltas]).astype(np.float32)
-    prompts = decoder.prompts(thetas, inputs)  # [2K, B, 3, S, S]
-    b = len(idx)
-    prompted = apply_prompt(
-        np.tile(batch_images, (2 * k, 1, 1, 1)), prompts.reshape(2 * k * b, *prompts.shape[2:])
-    )
-    logits, failure = _query(fm, prompted, np.tile(points, (2 * k, 1, 1)), cfg.fm_retries)
-    if logits is None:
-        diffs = np.full((b, k), np.nan)
-        losses = np.full((2 * k, b), np.nan)
+    dp = cfg.dp
+    rng = secret_rng() if dp is not None else batch_rng(key, state.step)
+    if dp is None:
+        idx, points = sample_batch(masks, cfg.batch_size, rng, cfg.point_mode)
     else:
-        losses = LOSSES[cfg.loss](logits.reshape(2 * k, b, *logits.shape[1:]), batch_masks[None])
-        diffs = (losses[:k] - losses[k:]).T  # [B, K]: what DP clips per image
-    new_theta, new_state, info = apply_update(theta, diffs, deltas, state, cfg.spsa, cfg.geass)
+        idx = poisson_batch(len(masks), dp.sample_rate, rng)
+        points = _points(masks, idx, rng, cfg.point_mode)
+    deltas = step_perturbations(key, state, cfg.spsa, theta.size)
+    b = len(idx)
+    diffs, losses, failure, n_images = np.zeros((0, k)), np.zeros((2 * k, 0)), None, 0
+    if b:
+        batch_images, batch_masks = images[idx], masks[idx]
+        inputs = decoder.encode(batch_images, points)
+        c = current_c(state, cfg.spsa, cfg.geass)
+        thetas = np.concatenate([theta + c * deltas, theta - c * deltas]).astype(np.float32)
+        prompts = decoder.prompts(thetas, inputs)  # [2K, B, 3, S, S]
+        prompted = apply_prompt(
+            np.tile(batch_images, (2 * k, 1, 1, 1)),
+            prompts.reshape(2 * k * b, *prompts.shape[2:]),
+        )
+        n_images = len(prompted)
+        logits, failure = _query(fm, prompted, np.tile(points, (2 * k, 1, 1)), cfg.fm_retries)
+        if logits is None:
+            diffs = np.full((b, k), np.nan)
+            losses = np.full((2 * k, b), np.nan)
+        else:
+            losses = LOSSES[cfg.loss](
+                logits.reshape(2 * k, b, *logits.shape[1:]), batch_masks[None]
+            )
+            diffs = (losses[:k] - losses[k:]).T  # [B, K]: what DP clips per image
+    if dp is not None:
+        k_vector = private_k_vector(diffs, dp, dp.sample_rate * len(masks), rng, k=k)
+    else:
+        k_vector = average_diffs(diffs)
+    new_theta, new_state, info = apply_update(theta, k_vector, deltas, state, cfg.spsa, cfg.geass)
     if info.skipped and failure is None:
         failure = "every loss difference was NaN/Inf (FM returned non-finite logits)"
     if failure:
         logger.warning("step %d skipped: %s", state.step, failure)
     loss = float(np.nanmean(losses)) if np.isfinite(losses).any() else float("nan")
-    return StepResult(new_theta, new_state, info, loss, len(prompted), failure)
+    return StepResult(new_theta, new_state, info, loss, n_images, failure, k_vector)
+
+
+def _points(masks: np.ndarray, idx: np.ndarray, rng: np.random.Generator, mode: PointMode):
+    if not len(idx):
+        return np.zeros((0, 1, 2), np.float32)
+    return np.stack([sample_point(masks[i], rng, mode) for i in idx])[:, None]
 
 
 def _is_transient(err: Exception) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,10 @@ from baps_fed.fm.base import BlackboxFM, QueryBudgetExceeded
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.torch_fm import TorchSamFM
 from baps_fed.image_encoder import SmallImageEncoder
+from baps_fed.privacy import DPConfig
 from baps_fed.prompting import apply_prompt
 from baps_fed.train import StepConfig, calibrate_c, spsa_step
-from baps_fed.zoo import SeedKey, SpsaConfig, SpsaState
+from baps_fed.zoo import SeedKey, SpsaConfig, SpsaState, replay
 
 KEY = SeedKey(master_seed=1, round=0, site=0)
 
@@ -100,3 +103,51 @@ def test_calibrated_perturbation_survives_the_uint8_cast(setup):
     p_small = dec.prompts(small, inputs)[0]
     assert np.abs(p_small).max() * 58.4 < 0.5
     np.testing.assert_array_equal(apply_prompt(images, p_small), images)
+
+
+# -- DP on the K loss differences ---------------------------------------------------------------
+
+
+class NanFM(BlackboxFM):
+    """A real FM whose outputs are all NaN: every image's row of diffs is broken."""
+
+    def __init__(self, inner: BlackboxFM) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def _segment(self, images, points, labels):
+        return np.full_like(self.inner.segment(images, points, labels), np.nan)
+
+
+def _dp(cfg: StepConfig, **kw) -> StepConfig:
+    return replace(cfg, dp=DPConfig(**{"clip": 1.0, "noise_multiplier": 1.0, **kw}))
+
+
+def test_a_dp_step_is_replayed_from_its_noisy_k_vector_alone(setup):
+    dec, fm, images, masks, cfg = setup
+    cfg = _dp(cfg, sample_rate=0.5)
+    theta = dec.get_theta()
+    res = spsa_step(dec, fm, images, masks, theta, SpsaState(), cfg, KEY)
+    assert res.fm_images % (2 * 5) == 0 and res.fm_images == fm.meter.images  # 2K x |batch|
+    assert res.k_vector.shape == (5,) and np.isfinite(res.k_vector).all()
+    w, state = replay(theta, [res.k_vector], SpsaState(), cfg.spsa, cfg.geass, KEY)
+    np.testing.assert_array_equal(w, res.theta)
+    assert state.step == res.state.step
+
+
+def test_dp_noise_and_batches_do_not_come_from_the_public_seeds(setup):
+    dec, fm, images, masks, cfg = setup
+    cfg = _dp(cfg, sample_rate=1.0)  # the same full batch each time: only the noise differs
+    a, b = (
+        spsa_step(dec, fm, images, masks, dec.get_theta(), SpsaState(), cfg, KEY).k_vector
+        for _ in range(2)
+    )
+    assert not np.array_equal(a, b)
+
+
+def test_a_dp_step_with_broken_fm_outputs_releases_only_noise(setup):
+    dec, fm, images, masks, cfg = setup
+    cfg = _dp(cfg, sample_rate=1.0, noise_multiplier=0.0)
+    res = spsa_step(dec, NanFM(fm), images, masks, dec.get_theta(), SpsaState(), cfg, KEY)
+    np.testing.assert_array_equal(res.k_vector, np.zeros(5))  # NaN rows clipped to zero
+    assert np.isfinite(res.theta).all()
