@@ -105,6 +105,7 @@ def write_fed_report(out: Path, history: list[dict], config: dict) -> Path:
             f"{r['global_dice']:.3f} | {r['federated_dice']:.3f} | {r['gain']:+.3f} | "
             f"{r['zero_shot_hd95']:.1f} -> {r['federated_hd95']:.1f} |"
         )
+    md += _privacy_lines(history)
     failures = [(e["round"], e["failures"]) for e in history if e.get("failures")]
     if failures:
         md += ["", "Sites that failed or timed out:"]
@@ -113,6 +114,27 @@ def write_fed_report(out: Path, history: list[dict], config: dict) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def _privacy_lines(history: list[dict]) -> list[str]:
+    """Each DP site's epsilon after the last round it trained (per round: per_site_rounds.csv)."""
+    spent: dict[str, tuple[int, dict]] = {}
+    for entry in history:
+        for site, m in entry.get("train", {}).items():
+            if "epsilon" in m:
+                spent[site] = (entry["round"], m)
+    if not spent:
+        return []
+    lines = [
+        "",
+        "Privacy spent (DP on the SPSA loss differences; per round in per_site_rounds.csv):",
+        "",
+        "| site | epsilon | delta | after round |",
+        "|---|---|---|---|",
+    ]
+    for site, (rnd, m) in sorted(spent.items()):
+        lines.append(f"| {site} | {m['epsilon']:.2f} | {m['delta']:g} | {rnd} |")
+    return lines
 
 
 def _write_csv(path: Path, history: list[dict]) -> None:

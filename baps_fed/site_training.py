@@ -11,6 +11,7 @@ Perturbations are named by (master seed, round, site id, step), so any machine c
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from baps_fed.flat_config import values_from_flat
 from baps_fed.fm.base import BlackboxFM
 from baps_fed.fm.spec import load_fm
 from baps_fed.personal import WithPrivateHead
+from baps_fed.privacy import DPConfig, PrivacyLedger
 from baps_fed.train import StepConfig, calibrate_c, prompt_fn, spsa_step
 from baps_fed.zoo import GeassConfig, SeedKey, SpsaConfig, SpsaState
 
@@ -42,6 +44,14 @@ class SiteSpec:
     scanner: int = 0  # synthetic acquisition profile
     layout: str = "auto"
     fm: str = "tiny"
+    # the site's own privacy policy (used when the run has dp on): total epsilon it will
+    # spend over the run, at its delta
+    dp_epsilon_budget: float = math.inf
+    dp_delta: float = 1e-5
+
+
+class PrivacyBudgetExhausted(RuntimeError):
+    """A site declines a round that would take it past its epsilon budget."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,13 @@ class FedTrainConfig:
     # Share of its own decoder a site keeps when a round starts: it starts from
     # (1 - keep) * global + keep * own (0: plain FedAvg, every site starts from the global).
     personal_keep: float = 0.0
+    # DP on the K loss differences of every step (baps_fed/privacy.py): clip bound C on each
+    # image's K-vector, noise multiplier, Poisson rate of each step's batch, accountant
+    dp: bool = False
+    dp_clip: float = 0.05
+    dp_noise: float = 1.0
+    dp_sample_rate: float = 0.1
+    dp_accountant: str = "rdp"
 
     @classmethod
     def from_flat(cls, config: dict[str, Any]) -> FedTrainConfig:
@@ -93,6 +110,7 @@ class RoundResult:
     metrics: dict[str, float]  # aggregates only: what may leave the site
     private: np.ndarray  # the site's private head after the round (stays at the site)
     personal: np.ndarray  # the site's own shared-shape decoder after the round (stays)
+    privacy: list[tuple[float, float, int]]  # the accountant's history (stays; [] without DP)
 
 
 class LocalSite:
@@ -140,8 +158,20 @@ class LocalSite:
             beta=cfg.beta,
             update=cfg.update,  # type: ignore[arg-type]
         )
+        self.dp = (
+            DPConfig(
+                clip=cfg.dp_clip,
+                noise_multiplier=cfg.dp_noise,
+                sample_rate=cfg.dp_sample_rate,
+                delta=spec.dp_delta,
+                accountant=cfg.dp_accountant,  # type: ignore[arg-type]
+                epsilon_budget=spec.dp_epsilon_budget,
+            )
+            if cfg.dp
+            else None
+        )
         self.step_cfg = StepConfig(
-            batch_size=cfg.batch_size, loss=cfg.loss, spsa=spsa, geass=GeassConfig()
+            batch_size=cfg.batch_size, loss=cfg.loss, spsa=spsa, geass=GeassConfig(), dp=self.dp
         )
         self._zero_shot: dict[str, dict[str, float]] = {}
 
@@ -178,8 +208,18 @@ class LocalSite:
         state: SpsaState | None,
         private: np.ndarray | None = None,
         personal: np.ndarray | None = None,
+        privacy: list[tuple[float, float, int]] | None = None,
     ) -> RoundResult:
         theta = self.start_point(theta_global, personal)
+        ledger = PrivacyLedger(self.dp, privacy or ()) if self.dp is not None else None
+        if ledger is not None and not ledger.can_afford(self.cfg.local_steps):
+            raise PrivacyBudgetExhausted(
+                f"site {self.spec.name!r} declines round {server_round}: "
+                f"{self.cfg.local_steps} more steps would bring its epsilon from "
+                f"{ledger.epsilon():.2f} to {ledger.epsilon_after(self.cfg.local_steps):.2f}, "
+                f"past its budget {self.dp.epsilon_budget:g} (delta {self.dp.delta:g}); raise "
+                "dp-epsilon-budget in its node config to let it take part again"
+            )
         state = state or SpsaState()
         key = SeedKey(self.cfg.master_seed, server_round, self.id)
         start, queries0 = time.perf_counter(), self.fm.meter.images
@@ -207,10 +247,19 @@ class LocalSite:
             "fm-queries": self.fm.meter.images - queries0,
             "seconds": time.perf_counter() - start,
         }
+        if ledger is not None:
+            ledger.record(self.cfg.local_steps)
+            del metrics["train-loss"]  # not privatised: under DP it stays home
+            metrics |= {"epsilon": ledger.epsilon(), "delta": ledger.cfg.delta}
         shared, private = full[: theta.size], full[theta.size :]
         update = (shared - theta).astype(np.float32)  # the site's progress this round
         return RoundResult(
-            update, state, metrics, private.astype(np.float32), shared.astype(np.float32)
+            update,
+            state,
+            metrics,
+            private.astype(np.float32),
+            shared.astype(np.float32),
+            ledger.history if ledger is not None else [],
         )
 
     def evaluate(

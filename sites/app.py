@@ -80,6 +80,12 @@ def _save_array(context: Context, name: str, value: np.ndarray) -> None:
     context.state[name] = ArrayRecord({"w": Array(value)})
 
 
+def _load_privacy(context: Context) -> list[tuple[float, float, int]] | None:
+    """The accountant's (noise multiplier, sample rate, steps) entries of earlier rounds."""
+    rows = _load_array(context, "privacy-history")
+    return None if rows is None else [(s, q, int(n)) for s, q, n in rows]
+
+
 def _theta(msg: Message) -> np.ndarray:
     return msg.content["arrays"]["theta"].numpy()
 
@@ -97,11 +103,13 @@ def train(msg: Message, context: Context) -> Message:
         _load_state(context),
         _load_array(context, "private-head"),
         _load_array(context, "personal-decoder"),
+        _load_privacy(context),
     )
     # the optimiser state, private head and own decoder stay here
     _save_state(context, result.state)
     _save_array(context, "private-head", result.private)
     _save_array(context, "personal-decoder", result.personal)
+    _save_array(context, "privacy-history", np.array(result.privacy, np.float64).reshape(-1, 3))
     logger.info("site %s round %d: %s", site.spec.name, server_round, result.metrics)
     content = RecordDict(
         {

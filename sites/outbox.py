@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-TRAIN_METRICS = frozenset({"num-examples", "train-loss", "skipped-steps", "fm-queries", "seconds"})
+TRAIN_METRICS = frozenset(
+    {"num-examples", "train-loss", "skipped-steps", "fm-queries", "seconds", "epsilon", "delta"}
+)
 EVALUATE_METRICS = frozenset(
     {
         "num-examples",

@@ -7,8 +7,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 
@@ -55,7 +56,12 @@ class LoopbackGrid(Grid):
                 self.on_deliver(msg)
             if node in self.down:
                 continue  # as after a timeout: no reply
-            reply = self.client_app(msg, self.contexts[node])
+            try:
+                reply = self.client_app(msg, self.contexts[node])
+            except Exception as ex:  # as Flower's runtimes do: an error reply, the run goes on
+                reason = str(type(ex)) + ":<'" + str(ex) + "'>"
+                code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+                reply = Message(Error(code=code, reason=reason), reply_to=msg)
             self.replies.append(reply)
             replies.append(reply)
         return replies

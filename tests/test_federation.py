@@ -187,6 +187,25 @@ def test_a_site_keeps_its_own_decoder_at_home_when_asked(fed_setup, tmp_path):
         _allowed_only(reply.content)
 
 
+def test_a_site_past_its_privacy_budget_declines_and_the_others_go_on(fed_setup, tmp_path):
+    _, context = fed_setup(2, tmp_path / "run")
+    sites = json.loads(context.run_config["sites"])
+    sites[0]["dp-epsilon-budget"] = 0.01  # site a: too little for even one round
+    grid, context = fed_setup(2, tmp_path / "run", dp=True, sites=json.dumps(sites))
+    state = run_rounds(grid, context)
+    for entry in state.history:
+        assert set(entry["train"]) == {"b"}
+        assert any("declines" in f and "dp-epsilon-budget" in f for f in entry["failures"])
+    eps = [entry["train"]["b"]["epsilon"] for entry in state.history]
+    assert 0 < eps[0] < eps[1]  # privacy spent grows round by round, reported by the site
+    assert "train-loss" not in state.history[0]["train"]["b"]  # not privatised: stays home
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"| b | {eps[1]:.2f} | 1e-05 | 2 |" in report
+    for reply in grid.replies:
+        if not reply.has_error():
+            _allowed_only(reply.content)
+
+
 def test_a_restarted_coordinator_continues_with_the_identical_decoder(fed_setup, tmp_path):
     out = tmp_path / "run"
     run_rounds(*fed_setup(2, out, server_opt="fedavgm"))

@@ -49,7 +49,7 @@ def load_fm(
             BatchedSam(sam, multimask=multimask),
             spec,
             device,
-            max_batch=8,
+            max_batch=8,  # 1024-px images: bounded memory on any device
             budget_images=budget_images,
         )
     if kind == "grpc":
