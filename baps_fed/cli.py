@@ -189,6 +189,8 @@ def _cmd_site(args: argparse.Namespace) -> int:
     node_config = {"data": args.data, "site-name": args.name, "fm": args.fm}
     node_config.update({"n": args.n, "seed": args.seed, "scanner": args.scanner})
     node_config["layout"] = args.layout
+    # this hospital's privacy policy, used when the run turns DP on
+    node_config |= {"dp-epsilon-budget": args.dp_epsilon_budget, "dp-delta": args.dp_delta}
     settings = SiteSettings(
         superlink=args.superlink,
         node_config=node_config,
@@ -474,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="synthetic cases")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scanner", type=int, default=0)
+    p.add_argument(
+        "--dp-epsilon-budget",
+        type=float,
+        default=float("inf"),
+        help="the most epsilon this site spends over a DP run; it declines rounds past it",
+    )
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="this site's DP delta")
     p.add_argument("--port", type=int, default=0, help="local SuperNode API port (0: free)")
     p.add_argument("--out", type=Path, default=Path("runs/site"), help="logs folder")
     p.set_defaults(func=_cmd_site)
