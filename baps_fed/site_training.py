@@ -103,6 +103,15 @@ def initial_theta(cfg: FedTrainConfig) -> np.ndarray:
     return build_decoder(cfg.decoder_config()).get_theta()
 
 
+def start_point(theta_global: np.ndarray, personal: np.ndarray | None, keep: float) -> np.ndarray:
+    """(1 - keep) * global + keep * own: where a site's round starts (its own is None in its
+    first round)."""
+    theta = np.asarray(theta_global, np.float32)
+    if personal is None or keep == 0:
+        return theta.copy()
+    return ((1 - keep) * theta + keep * np.asarray(personal, np.float32)).astype(np.float32)
+
+
 @dataclass
 class RoundResult:
     update: np.ndarray  # theta_end - theta_start, float32 (the shared weights only)
@@ -111,6 +120,8 @@ class RoundResult:
     private: np.ndarray  # the site's private head after the round (stays at the site)
     personal: np.ndarray  # the site's own shared-shape decoder after the round (stays)
     privacy: list[tuple[float, float, int]]  # the accountant's history (stays; [] without DP)
+    scalars: np.ndarray  # [steps, K] float32: the K-vector of every step (seed-and-scalar form)
+    c: float  # the perturbation scale the steps used (with the scalars, replays the round)
 
 
 class LocalSite:
@@ -196,10 +207,7 @@ class LocalSite:
                 f"this site's decoder {self.decoder.num_params}: the run and the site disagree "
                 "on the decoder preset"
             )
-        keep = self.cfg.personal_keep
-        if personal is None or keep == 0:
-            return theta.copy()
-        return ((1 - keep) * theta + keep * np.asarray(personal, np.float32)).astype(np.float32)
+        return start_point(theta, personal, self.cfg.personal_keep)
 
     def train_round(
         self,
@@ -223,7 +231,7 @@ class LocalSite:
         state = state or SpsaState()
         key = SeedKey(self.cfg.master_seed, server_round, self.id)
         start, queries0 = time.perf_counter(), self.fm.meter.images
-        losses, skipped = [], 0
+        losses, skipped, scalars = [], 0, []
         full = self._full(theta, private)
         for _ in range(self.cfg.local_steps):
             r = spsa_step(
@@ -237,6 +245,7 @@ class LocalSite:
                 key,  # type: ignore[arg-type]
             )
             full, state = r.theta, r.state
+            scalars.append(r.k_vector)
             skipped += r.failure is not None
             if np.isfinite(r.loss):
                 losses.append(r.loss)
@@ -260,6 +269,8 @@ class LocalSite:
             private.astype(np.float32),
             shared.astype(np.float32),
             ledger.history if ledger is not None else [],
+            np.stack(scalars).astype(np.float32),
+            float(self.step_cfg.spsa.c),
         )
 
     def evaluate(

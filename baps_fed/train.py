@@ -155,6 +155,9 @@ def spsa_step(
         k_vector = private_k_vector(diffs, dp, dp.sample_rate * len(masks), rng, k=k)
     else:
         k_vector = average_diffs(diffs)
+    # float32, as a seed-and-scalar upload carries it: the site and a replay of its upload
+    # then compute the update from the very same numbers
+    k_vector = k_vector.astype(np.float32)
     new_theta, new_state, info = apply_update(theta, k_vector, deltas, state, cfg.spsa, cfg.geass)
     if info.skipped and failure is None:
         failure = "every loss difference was NaN/Inf (FM returned non-finite logits)"
