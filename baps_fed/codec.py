@@ -34,6 +34,11 @@ class CodecError(ValueError):
     """A seed-and-scalar upload that cannot be decoded or replayed."""
 
 
+def scalar_bytes(steps: int, k: int) -> int:
+    """The size of a round's upload: header plus steps x K float32 (dense: 4 x parameters)."""
+    return _HEADER.size + 4 * steps * k
+
+
 def pack_scalars(c: float, scalars: np.ndarray) -> bytes:
     """A round's scalars [steps, K] and c as bytes."""
     s = np.asarray(scalars, dtype="<f4")
@@ -51,7 +56,7 @@ def unpack_scalars(blob: bytes) -> tuple[float, np.ndarray]:
     magic, version, steps, k, _, c = _HEADER.unpack_from(blob)
     if magic != MAGIC or version != VERSION:
         raise CodecError(f"not a version-{VERSION} seed-and-scalar upload (magic {magic!r})")
-    expected = _HEADER.size + 4 * steps * k
+    expected = scalar_bytes(steps, k)
     if len(blob) != expected:
         raise CodecError(f"upload has {len(blob)} bytes, its header says {expected}")
     scalars = np.frombuffer(blob, dtype="<f4", offset=_HEADER.size).reshape(steps, k)
@@ -94,3 +99,25 @@ class SiteReplica:
         shared = full[: theta.size]
         self.private, self.personal = full[theta.size :], shared
         return (shared - theta).astype(np.float32)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything a restarted coordinator needs to go on replaying (numpy arrays only)."""
+        state = self.state.to_dict()
+        arrays = {k: np.asarray(v) for k, v in state.items()}
+        arrays["n_private"] = np.asarray(self.n_private)
+        if self.private is not None:
+            arrays["private"] = np.asarray(self.private, np.float32)
+        if self.personal is not None:
+            arrays["personal"] = np.asarray(self.personal, np.float32)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, name: str, arrays: dict[str, np.ndarray]) -> SiteReplica:
+        state = {k: v for k, v in arrays.items() if k not in ("n_private", "private", "personal")}
+        return cls(
+            name,
+            int(arrays["n_private"]),
+            arrays.get("private"),
+            arrays.get("personal"),
+            SpsaState.from_dict(state),
+        )

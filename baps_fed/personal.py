@@ -31,6 +31,13 @@ def private_head_config(kind: str, image_size: int) -> DecoderConfig:
     raise ValueError(f"private head must be one of {PRIVATE_HEADS}, got {kind!r}")
 
 
+def private_head_size(kind: str, image_size: int) -> int:
+    """Parameters of a private head of this kind (0 for none)."""
+    if kind == "none":
+        return 0
+    return build_decoder(private_head_config(kind, image_size)).num_params
+
+
 class WithPrivateHead:
     """Duck-types the IPDecoder API the training loop uses (encode, prompts, get_theta,
     num_params, cfg) over the vector [shared weights, private head weights]."""

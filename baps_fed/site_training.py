@@ -76,6 +76,10 @@ class FedTrainConfig:
     # Share of its own decoder a site keeps when a round starts: it starts from
     # (1 - keep) * global + keep * own (0: plain FedAvg, every site starts from the global).
     personal_keep: float = 0.0
+    # what a train reply carries: "dense" (the update) or "seeds" (steps x K scalars that the
+    # coordinator replays into the update, baps_fed/codec.py)
+    upload: str = "dense"
+
     # DP on the K loss differences of every step (baps_fed/privacy.py): clip bound C on each
     # image's K-vector, noise multiplier, Poisson rate of each step's batch, accountant
     dp: bool = False
@@ -83,6 +87,12 @@ class FedTrainConfig:
     dp_noise: float = 1.0
     dp_sample_rate: float = 0.1
     dp_accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if self.upload not in ("dense", "seeds"):
+            raise ValueError(f"upload must be 'dense' or 'seeds', got {self.upload!r}")
+        if not 0 <= self.personal_keep <= 1:
+            raise ValueError(f"personal-keep must be in [0, 1], got {self.personal_keep}")
 
     @classmethod
     def from_flat(cls, config: dict[str, Any]) -> FedTrainConfig:
@@ -229,6 +239,7 @@ class LocalSite:
                 "dp-epsilon-budget in its node config to let it take part again"
             )
         state = state or SpsaState()
+        first_step = state.step
         key = SeedKey(self.cfg.master_seed, server_round, self.id)
         start, queries0 = time.perf_counter(), self.fm.meter.images
         losses, skipped, scalars = [], 0, []
@@ -255,6 +266,7 @@ class LocalSite:
             "skipped-steps": skipped,
             "fm-queries": self.fm.meter.images - queries0,
             "seconds": time.perf_counter() - start,
+            "spsa-step": first_step,
         }
         if ledger is not None:
             ledger.record(self.cfg.local_steps)

@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from baps_fed.aggregate import ServerOptimizer
+from baps_fed.codec import SiteReplica
 from baps_fed.fed_report import write_fed_report
 from baps_fed.site_training import FedTrainConfig, initial_theta
 from coordinator.checkpoint import CoordinatorState, load_checkpoint, save_checkpoint
@@ -56,6 +57,8 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     strategy = UpdateAveraging(
         ServerOptimizer(cfg.server_optimizer(), state.optimizer),
         state.theta,
+        train_cfg,
+        {n: SiteReplica.from_arrays(n, a) for n, a in state.replicas.items()},
         min_train_nodes=cfg.min_sites,
         min_evaluate_nodes=cfg.min_sites,
         min_available_nodes=cfg.min_sites,
@@ -89,6 +92,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         )
         state.round, state.theta = rnd, strategy.theta
         state.optimizer = strategy.optimizer.state
+        state.replicas = {n: r.to_arrays() for n, r in strategy.replicas.items()}
         save_checkpoint(out, state)
         write_fed_report(out, state.history, state.config)
         _print_round(state.history[-1])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ class CoordinatorState:
     optimizer: dict[str, np.ndarray]
     history: list[dict]
     config: dict
+    # seed-and-scalar runs: per site, its replica's arrays (baps_fed.codec.SiteReplica)
+    replicas: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def save_checkpoint(out: Path, state: CoordinatorState) -> Path:
@@ -31,7 +33,15 @@ def save_checkpoint(out: Path, state: CoordinatorState) -> Path:
     path = out / CHECKPOINT
     arrays = {"theta": np.asarray(state.theta, np.float32)}
     arrays.update({f"opt_{k}": v for k, v in state.optimizer.items()})
-    meta = {"round": state.round, "history": state.history, "config": state.config}
+    names = sorted(state.replicas)  # site names can hold any character: arrays go by index
+    for i, name in enumerate(names):
+        arrays.update({f"rep{i}_{k}": v for k, v in state.replicas[name].items()})
+    meta = {
+        "round": state.round,
+        "history": state.history,
+        "config": state.config,
+        "replicas": names,
+    }
     buf = io.BytesIO()
     np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
     tmp = path.with_suffix(".tmp")
@@ -51,6 +61,12 @@ def load_checkpoint(out: Path) -> CoordinatorState:
             meta = json.loads(z["meta"].tobytes().decode())
             theta = z["theta"].copy()
             opt = {k[4:]: z[k].copy() for k in z.files if k.startswith("opt_")}
+            replicas = {}
+            for i, name in enumerate(meta.get("replicas", [])):
+                prefix = f"rep{i}_"
+                replicas[name] = {
+                    k[len(prefix) :]: z[k].copy() for k in z.files if k.startswith(prefix)
+                }
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{path}: not a readable coordinator checkpoint ({err})") from err
-    return CoordinatorState(meta["round"], theta, opt, meta["history"], meta["config"])
+    return CoordinatorState(meta["round"], theta, opt, meta["history"], meta["config"], replicas)

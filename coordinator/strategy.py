@@ -15,7 +15,10 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from baps_fed.aggregate import ServerOptimizer, weighted_mean
+from baps_fed.codec import CodecError, SiteReplica
 from baps_fed.fed_report import weighted
+from baps_fed.personal import private_head_size
+from baps_fed.site_training import FedTrainConfig
 
 
 def site_name(msg: Message) -> str:
@@ -26,13 +29,55 @@ def site_name(msg: Message) -> str:
 
 
 class UpdateAveraging(FedAvg):
-    def __init__(self, optimizer: ServerOptimizer, theta: np.ndarray, **kwargs) -> None:
+    def __init__(
+        self,
+        optimizer: ServerOptimizer,
+        theta: np.ndarray,
+        train_cfg: FedTrainConfig | None = None,
+        replicas: dict[str, SiteReplica] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)  # replies and messages use FedAvg's "arrays" key
         self.optimizer = optimizer
         self.theta = np.asarray(theta, np.float32)
+        self.train_cfg = train_cfg or FedTrainConfig()
+        # seed-and-scalar uploads: one replica of each site's trajectory, advanced by replay
+        self.replicas: dict[str, SiteReplica] = replicas if replicas is not None else {}
         self.site_train: dict[str, dict[str, float]] = {}
         self.site_evaluate: dict[str, dict[str, float]] = {}
         self.failures: list[str] = []
+
+    def _update_of(self, msg: Message, server_round: int) -> np.ndarray | None:
+        """The site's update: sent as is, or rebuilt from its seed-and-scalar upload."""
+        arrays, name = msg.content["arrays"], site_name(msg)
+        if "update" in arrays:
+            return arrays["update"].numpy()
+        if "scalars" not in arrays:
+            self.failures.append(f"train {name}: no update in its reply")
+            return None
+        if name not in self.replicas:
+            cfg = self.train_cfg
+            n_private = private_head_size(cfg.private_head, cfg.decoder_config().image_size)
+            self.replicas[name] = SiteReplica(name, n_private)
+        start_step = int(msg.content["metrics"].get("spsa-step", -1))
+        if start_step == 0 and self.replicas[name].state.step != 0:
+            # the site starts afresh (a new run context, e.g. after a coordinator restart)
+            self.replicas[name] = SiteReplica(name, self.replicas[name].n_private)
+        replica = self.replicas[name]
+        if start_step != replica.state.step:
+            self.failures.append(
+                f"train {name}: its optimiser is at step {start_step}, the coordinator's "
+                f"replica at {replica.state.step} (a reply was lost); its scalars cannot be "
+                'replayed: restart the run, or use upload = "dense"'
+            )
+            return None
+        try:
+            return replica.replay_round(
+                self.theta, server_round, arrays["scalars"].numpy().tobytes(), self.train_cfg
+            )
+        except CodecError as err:
+            self.failures.append(f"train {name}: {err}")
+            return None
 
     def global_arrays(self) -> ArrayRecord:
         return ArrayRecord({"theta": Array(self.theta)})
@@ -53,11 +98,14 @@ class UpdateAveraging(FedAvg):
             return None, None
         updates, weights = [], []
         for msg in valid:
-            update = msg.content["arrays"]["update"].numpy()
+            update = self._update_of(msg, server_round)
+            if update is None:
+                continue
             if update.shape != self.theta.shape:
                 self.failures.append(f"train {site_name(msg)}: update shape {update.shape}")
                 continue
             metrics = dict(msg.content["metrics"])
+            metrics["upload-bytes"] = sum(a.numpy().nbytes for a in msg.content["arrays"].values())
             self.site_train[site_name(msg)] = metrics
             updates.append(update)
             weights.append(float(metrics["num-examples"]))

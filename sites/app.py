@@ -17,9 +17,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from baps_fed.codec import pack_scalars, scalar_bytes
 from baps_fed.site_training import FedTrainConfig, LocalSite, SiteSpec, spec_from_flat
 from baps_fed.zoo import SpsaState
-from sites.outbox import outbox_guard
+from sites.outbox import Upload, dense, outbox_guard, seed_scalars
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,12 @@ def local_site(context: Context) -> LocalSite:
     return _SITES[(spec, cfg)]
 
 
-def _update_size(context: Context) -> int:
-    return local_site(context).decoder.num_params
+def _upload(context: Context) -> Upload:
+    """What this run's train replies carry: the dense update or its seed-and-scalar bytes."""
+    site = local_site(context)
+    if site.cfg.upload == "seeds":
+        return seed_scalars(scalar_bytes(site.cfg.local_steps, site.cfg.sp_avg))
+    return dense(site.decoder.num_params)
 
 
 def _load_state(context: Context) -> SpsaState | None:
@@ -90,7 +95,7 @@ def _theta(msg: Message) -> np.ndarray:
     return msg.content["arrays"]["theta"].numpy()
 
 
-app = ClientApp(mods=[outbox_guard(_update_size)])
+app = ClientApp(mods=[outbox_guard(_upload)])
 
 
 @app.train()
@@ -111,9 +116,14 @@ def train(msg: Message, context: Context) -> Message:
     _save_array(context, "personal-decoder", result.personal)
     _save_array(context, "privacy-history", np.array(result.privacy, np.float64).reshape(-1, 3))
     logger.info("site %s round %d: %s", site.spec.name, server_round, result.metrics)
+    if site.cfg.upload == "seeds":  # a few bytes: the coordinator replays the round
+        blob = np.frombuffer(pack_scalars(result.c, result.scalars), np.uint8)
+        arrays = ArrayRecord({"scalars": Array(blob)})
+    else:
+        arrays = ArrayRecord({"update": Array(result.update)})
     content = RecordDict(
         {
-            "arrays": ArrayRecord({"update": Array(result.update)}),
+            "arrays": arrays,
             "metrics": MetricRecord(result.metrics),
             "site": ConfigRecord({"name": site.spec.name}),
         }

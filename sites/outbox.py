@@ -1,7 +1,8 @@
 """What may leave a site: the allow-list every outgoing message is checked against.
 
-Only the decoder update, example counts, aggregate metrics, privacy spent and the site's name
-may leave; never images, masks, points, per-image values or FM outputs. The check is by
+Only the decoder update (or its seed-and-scalar form), example counts, aggregate metrics,
+privacy spent and the site's name may leave; never images, masks, points, per-image values or
+FM outputs. The check is by
 record name, record type, key and value shape, so a new field cannot slip out unnoticed:
 adding one means adding it here, in review.
 """
@@ -9,11 +10,21 @@ adding one means adding it here, in review.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 TRAIN_METRICS = frozenset(
-    {"num-examples", "train-loss", "skipped-steps", "fm-queries", "seconds", "epsilon", "delta"}
+    {
+        "num-examples",
+        "train-loss",
+        "skipped-steps",
+        "fm-queries",
+        "seconds",
+        "epsilon",
+        "delta",
+        "spsa-step",  # the optimiser's step count at the round's start (replay bookkeeping)
+    }
 )
 EVALUATE_METRICS = frozenset(
     {
@@ -32,15 +43,35 @@ SITE_KEYS = frozenset({"name"})
 MAX_NAME = 64
 
 
+@dataclass(frozen=True)
+class Upload:
+    """The one array a train reply may carry: its record key, exact length and dtype."""
+
+    name: str
+    size: int
+    dtype: str
+
+
+def dense(n_params: int) -> Upload:
+    """The decoder update itself: n float32 numbers."""
+    return Upload("update", n_params, "float32")
+
+
+def seed_scalars(n_bytes: int) -> Upload:
+    """A seed-and-scalar upload (baps_fed/codec.py): its bytes, as uint8."""
+    return Upload("scalars", n_bytes, "uint8")
+
+
 class OutboxViolation(RuntimeError):
     """A site tried to send something outside the allow-list; nothing was sent."""
 
 
-def check_outgoing(content: RecordDict, message_type: str, update_size: int) -> None:
+def check_outgoing(content: RecordDict, message_type: str, upload: int | Upload) -> None:
     """Raise OutboxViolation unless ``content`` holds only what a reply of this type may.
 
-    ``update_size``: the decoder's parameter count; the update must be exactly that 1-D array
-    (anything else could carry an image).
+    ``upload``: the one array a train reply carries, by name, exact 1-D size and dtype (an int
+    n means a dense float32 ``update`` of n, the decoder's parameter count); anything else
+    could carry an image.
     """
     kind = message_type.split(".")[0]
     if kind not in ("train", "evaluate"):
@@ -61,7 +92,7 @@ def check_outgoing(content: RecordDict, message_type: str, update_size: int) -> 
     if kind == "train":
         if "arrays" not in content:
             raise OutboxViolation("train reply without its update")
-        _check_update(content["arrays"], update_size)
+        _check_upload(content["arrays"], upload if isinstance(upload, Upload) else dense(upload))
 
 
 def _check_metrics(record: MetricRecord, keys: frozenset[str]) -> None:
@@ -80,21 +111,28 @@ def _check_site(record: ConfigRecord) -> None:
             raise OutboxViolation(f"site {key!r} must be a string of <= {MAX_NAME} characters")
 
 
-def _check_update(record: ArrayRecord, update_size: int) -> None:
-    if set(record.keys()) != {"update"}:
-        raise OutboxViolation(f"arrays {sorted(record.keys())} leave a site; only 'update' may")
-    shape = tuple(record["update"].shape)
-    if shape != (update_size,):
-        raise OutboxViolation(f"the update has shape {shape}; a decoder update is ({update_size},)")
+def _check_upload(record: ArrayRecord, upload: Upload) -> None:
+    if set(record.keys()) != {upload.name}:
+        raise OutboxViolation(
+            f"arrays {sorted(record.keys())} leave a site; only {upload.name!r} may"
+        )
+    array = record[upload.name]
+    shape = tuple(array.shape)
+    if shape != (upload.size,):
+        raise OutboxViolation(
+            f"the {upload.name} has shape {shape}; this run's is ({upload.size},)"
+        )
+    if array.dtype != upload.dtype:
+        raise OutboxViolation(f"the {upload.name} is {array.dtype}; this run's is {upload.dtype}")
 
 
-def outbox_guard(update_size: Callable[[Context], int]):
+def outbox_guard(upload: Callable[[Context], Upload]):
     """A ClientApp mod: every reply passes check_outgoing before it leaves the site."""
 
     def mod(msg: Message, context: Context, call_next) -> Message:
         reply = call_next(msg, context)
         if not reply.has_error():
-            check_outgoing(reply.content, msg.metadata.message_type, update_size(context))
+            check_outgoing(reply.content, msg.metadata.message_type, upload(context))
         return reply
 
     return mod

@@ -206,6 +206,24 @@ def test_a_site_past_its_privacy_budget_declines_and_the_others_go_on(fed_setup,
             _allowed_only(reply.content)
 
 
+def test_seed_and_scalar_uploads_give_the_dense_run_bit_for_bit(fed_setup, tmp_path):
+    dense = run_rounds(*fed_setup(2, tmp_path / "dense"))
+    grid, context = fed_setup(2, tmp_path / "seeds", upload="seeds")
+    seeds = run_rounds(grid, context)
+    np.testing.assert_array_equal(seeds.theta, dense.theta)
+    for reply in grid.replies:
+        if "arrays" in reply.content:  # train replies: bytes only, a header and 2 x 2 scalars
+            (scalars,) = reply.content["arrays"].values()
+            assert scalars.dtype == "uint8" and scalars.shape == (20 + 4 * 2 * 2,)
+    for d, s in zip(dense.history, seeds.history, strict=True):
+        assert d["train"]["a"]["upload-bytes"] == 4 * DIM > s["train"]["a"]["upload-bytes"]
+    # a restarted coordinator replays on from its checkpointed replicas
+    more_dense = run_rounds(*fed_setup(3, tmp_path / "dense", resume=True))
+    more_seeds = run_rounds(*fed_setup(3, tmp_path / "seeds", resume=True, upload="seeds"))
+    np.testing.assert_array_equal(more_seeds.theta, more_dense.theta)
+    assert not more_seeds.history[-1]["failures"]
+
+
 def test_a_restarted_coordinator_continues_with_the_identical_decoder(fed_setup, tmp_path):
     out = tmp_path / "run"
     run_rounds(*fed_setup(2, out, server_opt="fedavgm"))
