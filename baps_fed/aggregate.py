@@ -70,3 +70,52 @@ class ServerOptimizer:
             self.state["m"], self.state["v"] = m, v
             step = m / (np.sqrt(v) + cfg.tau)
         return (np.asarray(theta, np.float64) + cfg.lr * step).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Robust aggregation and the update guard
+# ---------------------------------------------------------------------------------------------
+
+Aggregation = Literal["mean", "median", "trimmed-mean"]
+
+
+def aggregate_updates(
+    updates: list[np.ndarray],
+    weights: list[float],
+    method: Aggregation = "mean",
+    trim: float = 0.2,
+) -> np.ndarray:
+    """The sites' combined update: the example-weighted mean, or, robust to a few bad sites,
+    the coordinate-wise median or trimmed mean (``trim`` of the sites cut at each end,
+    unweighted: a site could claim any example count)."""
+    if method == "mean":
+        return weighted_mean(updates, weights)
+    stack = np.stack([np.asarray(u, np.float64) for u in updates])
+    if method == "median":
+        return np.median(stack, axis=0).astype(np.float32)
+    if method == "trimmed-mean":
+        cut = int(np.floor(trim * len(updates)))
+        ordered = np.sort(stack, axis=0)
+        return ordered[cut : len(updates) - cut].mean(axis=0).astype(np.float32)
+    raise ValueError(f"aggregation must be mean|median|trimmed-mean, got {method!r}")
+
+
+def update_bound(local_steps: int, lr: float, update: str, dim: int) -> float:
+    """The largest |coordinate| an honest round can produce: sign steps move each coordinate
+    by exactly lr, normalised steps by at most lr * sqrt(dim); raw steps have no bound."""
+    if update == "sign":
+        return local_steps * lr * (1 + 1e-5)
+    if update == "normalized":
+        return local_steps * lr * float(np.sqrt(dim)) * (1 + 1e-5)
+    return float("inf")
+
+
+def reject_reason(update: np.ndarray, bound: float) -> str | None:
+    """Why an update must not be aggregated (None: it may)."""
+    u = np.asarray(update)
+    if not np.all(np.isfinite(u)):
+        return f"{int((~np.isfinite(u)).sum())} non-finite values"
+    top = float(np.abs(u).max()) if u.size else 0.0
+    if top > bound:
+        return f"a coordinate of {top:.4g}, beyond the {bound:.4g} an honest round can reach"
+    return None

@@ -59,6 +59,8 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         state.theta,
         train_cfg,
         {n: SiteReplica.from_arrays(n, a) for n, a in state.replicas.items()},
+        cfg.aggregation,  # type: ignore[arg-type]
+        cfg.trim_fraction,
         min_train_nodes=cfg.min_sites,
         min_evaluate_nodes=cfg.min_sites,
         min_available_nodes=cfg.min_sites,

@@ -17,6 +17,10 @@ class CoordinatorConfig:
     eval_every: int = 1  # federated evaluation every N rounds (and always after the last)
     server_opt: str = "fedavg"
     server_lr: float = 1.0
+    # how updates are combined: mean (example-weighted), or robust to a few bad sites:
+    # median or trimmed-mean (coordinate-wise, trim-fraction cut at each end)
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
     out_dir: str = "runs/federated"
     resume: bool = False
 
@@ -25,6 +29,12 @@ class CoordinatorConfig:
         cfg = cls(**values_from_flat(cls, config))
         if cfg.rounds < 1 or cfg.min_sites < 1 or cfg.eval_every < 1:
             raise ValueError(f"rounds, min-sites and eval-every must be >= 1: {cfg}")
+        if cfg.aggregation not in ("mean", "median", "trimmed-mean"):
+            raise ValueError(
+                f"aggregation must be mean, median or trimmed-mean, got {cfg.aggregation!r}"
+            )
+        if not 0 <= cfg.trim_fraction < 0.5:
+            raise ValueError(f"trim-fraction must be in [0, 0.5), got {cfg.trim_fraction}")
         return cfg
 
     def server_optimizer(self) -> ServerOptConfig:

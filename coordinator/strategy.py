@@ -14,7 +14,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from baps_fed.aggregate import ServerOptimizer, weighted_mean
+from baps_fed.aggregate import (
+    Aggregation,
+    ServerOptimizer,
+    aggregate_updates,
+    reject_reason,
+    update_bound,
+)
 from baps_fed.codec import CodecError, SiteReplica
 from baps_fed.fed_report import weighted
 from baps_fed.personal import private_head_size
@@ -35,12 +41,17 @@ class UpdateAveraging(FedAvg):
         theta: np.ndarray,
         train_cfg: FedTrainConfig | None = None,
         replicas: dict[str, SiteReplica] | None = None,
+        aggregation: Aggregation = "mean",
+        trim: float = 0.2,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)  # replies and messages use FedAvg's "arrays" key
         self.optimizer = optimizer
         self.theta = np.asarray(theta, np.float32)
         self.train_cfg = train_cfg or FedTrainConfig()
+        self.aggregation, self.trim = aggregation, trim
+        cfg = self.train_cfg
+        self.bound = update_bound(cfg.local_steps, cfg.lr, cfg.update, self.theta.size)
         # seed-and-scalar uploads: one replica of each site's trajectory, advanced by replay
         self.replicas: dict[str, SiteReplica] = replicas if replicas is not None else {}
         self.site_train: dict[str, dict[str, float]] = {}
@@ -104,6 +115,10 @@ class UpdateAveraging(FedAvg):
             if update.shape != self.theta.shape:
                 self.failures.append(f"train {site_name(msg)}: update shape {update.shape}")
                 continue
+            reason = reject_reason(update, self.bound)
+            if reason is not None:  # never aggregated: a broken or malicious site
+                self.failures.append(f"train {site_name(msg)}: update rejected, {reason}")
+                continue
             metrics = dict(msg.content["metrics"])
             metrics["upload-bytes"] = sum(a.numpy().nbytes for a in msg.content["arrays"].values())
             self.site_train[site_name(msg)] = metrics
@@ -111,7 +126,8 @@ class UpdateAveraging(FedAvg):
             weights.append(float(metrics["num-examples"]))
         if not updates:
             return None, None
-        self.theta = self.optimizer.step(self.theta, weighted_mean(updates, weights))
+        combined = aggregate_updates(updates, weights, self.aggregation, self.trim)
+        self.theta = self.optimizer.step(self.theta, combined)
         agg = {k: weighted(self.site_train, k) for k in ("train-loss", "seconds")}
         agg["fm-queries"] = float(sum(m["fm-queries"] for m in self.site_train.values()))
         return self.global_arrays(), MetricRecord(agg)

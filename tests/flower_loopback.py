@@ -26,6 +26,7 @@ class LoopbackGrid(Grid):
         self.sent: list[Message] = []
         self.replies: list[Message] = []
         self.on_deliver: Callable[[Message], None] | None = None
+        self.on_reply: Callable[[Message], Message] | None = None
 
     def set_run(self, run) -> None:  # pragma: no cover - not used in-process
         raise NotImplementedError
@@ -62,6 +63,8 @@ class LoopbackGrid(Grid):
                 reason = str(type(ex)) + ":<'" + str(ex) + "'>"
                 code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
                 reply = Message(Error(code=code, reason=reason), reply_to=msg)
+            if self.on_reply:  # may replace the reply (a site turned malicious)
+                reply = self.on_reply(reply)
             self.replies.append(reply)
             replies.append(reply)
         return replies

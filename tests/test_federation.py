@@ -10,7 +10,14 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from baps_fed.aggregate import ServerOptConfig, ServerOptimizer, weighted_mean
+from baps_fed.aggregate import (
+    ServerOptConfig,
+    ServerOptimizer,
+    aggregate_updates,
+    reject_reason,
+    update_bound,
+    weighted_mean,
+)
 from baps_fed.fm.tiny import save_tiny_weights
 from baps_fed.site_training import FedTrainConfig, initial_theta
 from coordinator.app import run_rounds
@@ -56,6 +63,28 @@ def test_server_optimizer_state_round_trip_continues_exactly(name):
     np.testing.assert_array_equal(t1, t2)
     if name == "fedavg":  # lr * mean update, nothing else
         np.testing.assert_allclose(theta, 0.5 * (updates[0] + updates[1]), rtol=1e-6)
+
+
+def test_robust_aggregation_resists_one_bad_site_of_five():
+    rng = np.random.default_rng(0)
+    honest = [rng.normal(0.1, 0.01, 6) for _ in range(4)]
+    for bad in (-10 * honest[0], 1e3 * np.ones(6)):
+        updates, weights = [*honest, bad], [1, 1, 1, 1, 100]  # it also claims many examples
+        mean = aggregate_updates(updates, weights, "mean")
+        median = aggregate_updates(updates, weights, "median")
+        trimmed = aggregate_updates(updates, weights, "trimmed-mean", trim=0.2)
+        assert np.abs(mean - 0.1).max() > 1
+        assert np.abs(median - 0.1).max() < 0.05 and np.abs(trimmed - 0.1).max() < 0.05
+    with pytest.raises(ValueError, match="aggregation must be"):
+        aggregate_updates(honest, [1] * 4, "krum")  # type: ignore[arg-type]
+
+
+def test_the_guard_knows_what_an_honest_round_can_send():
+    bound = update_bound(local_steps=8, lr=0.02, update="sign", dim=72)
+    assert reject_reason(np.full(72, 0.16, np.float32), bound) is None  # 8 steps of 0.02
+    assert "beyond" in reject_reason(np.full(72, 0.17), bound)
+    assert "non-finite" in reject_reason(np.array([0.0, np.inf]), bound)
+    assert update_bound(8, 0.02, "raw", 72) == float("inf")
 
 
 # -- the outbox allow-list ----------------------------------------------------------------------
@@ -222,6 +251,25 @@ def test_seed_and_scalar_uploads_give_the_dense_run_bit_for_bit(fed_setup, tmp_p
     more_seeds = run_rounds(*fed_setup(3, tmp_path / "seeds", resume=True, upload="seeds"))
     np.testing.assert_array_equal(more_seeds.theta, more_dense.theta)
     assert not more_seeds.history[-1]["failures"]
+
+
+@pytest.mark.parametrize("attack", ["scaled", "nan"])
+def test_a_site_sending_impossible_updates_is_rejected_and_named(fed_setup, tmp_path, attack):
+    def tamper(reply):
+        if "arrays" in reply.content and reply.content["site"]["name"] == "b":
+            u = reply.content["arrays"]["update"].numpy()
+            bad = u * 100 if attack == "scaled" else np.full_like(u, np.nan)
+            reply.content["arrays"] = ArrayRecord({"update": Array(bad)})
+        return reply
+
+    grid, context = fed_setup(1, tmp_path / "attacked")
+    grid.on_reply = tamper
+    attacked = run_rounds(grid, context)
+    grid, context = fed_setup(1, tmp_path / "without-b")
+    grid.on_deliver = lambda msg: grid.down.add(12) if msg.metadata.message_type == "train" else 0
+    without_b = run_rounds(grid, context)
+    np.testing.assert_array_equal(attacked.theta, without_b.theta)  # as if b had not answered
+    assert any("train b: update rejected" in f for f in attacked.history[0]["failures"])
 
 
 def test_a_restarted_coordinator_continues_with_the_identical_decoder(fed_setup, tmp_path):
