@@ -212,6 +212,14 @@ def _cmd_site(args: argparse.Namespace) -> int:
             return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from coordinator.audit import audit_run
+
+    result = audit_run(args.run_dir)
+    print(f"audit {args.run_dir}: {'verified' if result.ok else 'FAILED'}: {result.message}")
+    return 0 if result.ok else 1
+
+
 def _cmd_fm_serve(args: argparse.Namespace) -> int:
     from baps_fed.fm.service.server import ServeConfig, serve
 
@@ -486,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="local SuperNode API port (0: free)")
     p.add_argument("--out", type=Path, default=Path("runs/site"), help="logs folder")
     p.set_defaults(func=_cmd_site)
+
+    p = sub.add_parser("audit", help="rebuild a run's decoder from its audit log and check it")
+    p.add_argument("run_dir", type=Path, help="the coordinator's run folder (--out)")
+    p.set_defaults(func=_cmd_audit)
 
     _add_fm_commands(sub)
     return ap

@@ -20,6 +20,7 @@ from baps_fed.aggregate import ServerOptimizer
 from baps_fed.codec import SiteReplica
 from baps_fed.fed_report import write_fed_report
 from baps_fed.site_training import FedTrainConfig, initial_theta
+from coordinator.audit import append_round, truncate_log
 from coordinator.checkpoint import CoordinatorState, load_checkpoint, save_checkpoint
 from coordinator.config import CoordinatorConfig
 from coordinator.strategy import UpdateAveraging
@@ -53,6 +54,8 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         print(f"resuming after round {state.round} from {out}", flush=True)
     else:
         state = CoordinatorState(0, initial_theta(train_cfg), {}, [], config)
+    out.mkdir(parents=True, exist_ok=True)
+    truncate_log(out, state.round)  # a fresh run starts a fresh audit log
     state.config = config
     strategy = UpdateAveraging(
         ServerOptimizer(cfg.server_optimizer(), state.optimizer),
@@ -73,6 +76,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         )
         replies = _exchange(grid, strategy, messages, cfg.round_timeout, "train")
         arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        state.audit_head = append_round(out, rnd, strategy.round_uploads, strategy.theta)
         if arrays is None:
             logger.warning("round %d: no usable update; the global decoder is unchanged", rnd)
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:

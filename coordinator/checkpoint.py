@@ -26,6 +26,7 @@ class CoordinatorState:
     config: dict
     # seed-and-scalar runs: per site, its replica's arrays (baps_fed.codec.SiteReplica)
     replicas: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    audit_head: str = ""  # the hash of the audit log's last line (coordinator/audit.py)
 
 
 def save_checkpoint(out: Path, state: CoordinatorState) -> Path:
@@ -41,6 +42,7 @@ def save_checkpoint(out: Path, state: CoordinatorState) -> Path:
         "history": state.history,
         "config": state.config,
         "replicas": names,
+        "audit_head": state.audit_head,
     }
     buf = io.BytesIO()
     np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
@@ -69,4 +71,12 @@ def load_checkpoint(out: Path) -> CoordinatorState:
                 }
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{path}: not a readable coordinator checkpoint ({err})") from err
-    return CoordinatorState(meta["round"], theta, opt, meta["history"], meta["config"], replicas)
+    return CoordinatorState(
+        meta["round"],
+        theta,
+        opt,
+        meta["history"],
+        meta["config"],
+        replicas,
+        meta.get("audit_head", ""),
+    )

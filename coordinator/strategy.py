@@ -9,6 +9,7 @@ keep a state the coordinator checkpoints. Per-site metrics are kept by site name
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
@@ -34,6 +35,16 @@ def site_name(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
+@dataclass
+class SiteUpload:
+    """What one site's train reply brought: its arrays (the update or its scalar bytes) and
+    its metrics (num-examples weighs it; spsa-step keeps its replica in step)."""
+
+    site: str
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, float]
+
+
 class UpdateAveraging(FedAvg):
     def __init__(
         self,
@@ -57,20 +68,21 @@ class UpdateAveraging(FedAvg):
         self.site_train: dict[str, dict[str, float]] = {}
         self.site_evaluate: dict[str, dict[str, float]] = {}
         self.failures: list[str] = []
+        self.round_uploads: list[SiteUpload] = []  # the last round's, for the audit log
 
-    def _update_of(self, msg: Message, server_round: int) -> np.ndarray | None:
+    def _update_of(self, up: SiteUpload, server_round: int) -> np.ndarray | None:
         """The site's update: sent as is, or rebuilt from its seed-and-scalar upload."""
-        arrays, name = msg.content["arrays"], site_name(msg)
-        if "update" in arrays:
-            return arrays["update"].numpy()
-        if "scalars" not in arrays:
+        name = up.site
+        if "update" in up.arrays:
+            return up.arrays["update"]
+        if "scalars" not in up.arrays:
             self.failures.append(f"train {name}: no update in its reply")
             return None
         if name not in self.replicas:
             cfg = self.train_cfg
             n_private = private_head_size(cfg.private_head, cfg.decoder_config().image_size)
             self.replicas[name] = SiteReplica(name, n_private)
-        start_step = int(msg.content["metrics"].get("spsa-step", -1))
+        start_step = int(up.metrics.get("spsa-step", -1))
         if start_step == 0 and self.replicas[name].state.step != 0:
             # the site starts afresh (a new run context, e.g. after a coordinator restart)
             self.replicas[name] = SiteReplica(name, self.replicas[name].n_private)
@@ -84,7 +96,7 @@ class UpdateAveraging(FedAvg):
             return None
         try:
             return replica.replay_round(
-                self.theta, server_round, arrays["scalars"].numpy().tobytes(), self.train_cfg
+                self.theta, server_round, up.arrays["scalars"].tobytes(), self.train_cfg
             )
         except CodecError as err:
             self.failures.append(f"train {name}: {err}")
@@ -105,32 +117,46 @@ class UpdateAveraging(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, _ = self._check_and_log_replies(list(replies), is_train=True)
-        if not valid:
+        self.round_uploads = [
+            SiteUpload(
+                site_name(m),
+                {k: a.numpy() for k, a in m.content["arrays"].items()},
+                dict(m.content["metrics"]),
+            )
+            for m in valid
+        ]
+        if not self.apply_round(server_round, self.round_uploads):
             return None, None
-        updates, weights = [], []
-        for msg in valid:
-            update = self._update_of(msg, server_round)
-            if update is None:
-                continue
-            if update.shape != self.theta.shape:
-                self.failures.append(f"train {site_name(msg)}: update shape {update.shape}")
-                continue
-            reason = reject_reason(update, self.bound)
-            if reason is not None:  # never aggregated: a broken or malicious site
-                self.failures.append(f"train {site_name(msg)}: update rejected, {reason}")
-                continue
-            metrics = dict(msg.content["metrics"])
-            metrics["upload-bytes"] = sum(a.numpy().nbytes for a in msg.content["arrays"].values())
-            self.site_train[site_name(msg)] = metrics
-            updates.append(update)
-            weights.append(float(metrics["num-examples"]))
-        if not updates:
-            return None, None
-        combined = aggregate_updates(updates, weights, self.aggregation, self.trim)
-        self.theta = self.optimizer.step(self.theta, combined)
         agg = {k: weighted(self.site_train, k) for k in ("train-loss", "seconds")}
         agg["fm-queries"] = float(sum(m["fm-queries"] for m in self.site_train.values()))
         return self.global_arrays(), MetricRecord(agg)
+
+    def apply_round(self, server_round: int, uploads: list[SiteUpload]) -> bool:
+        """Updates from the round's uploads (replayed where they are scalars), the guard, the
+        aggregation and the server step; False when no update was usable. The audit calls
+        this too, on the logged uploads, so a replay runs the very same code."""
+        updates, weights = [], []
+        for up in uploads:
+            update = self._update_of(up, server_round)
+            if update is None:
+                continue
+            if update.shape != self.theta.shape:
+                self.failures.append(f"train {up.site}: update shape {update.shape}")
+                continue
+            reason = reject_reason(update, self.bound)
+            if reason is not None:  # never aggregated: a broken or malicious site
+                self.failures.append(f"train {up.site}: update rejected, {reason}")
+                continue
+            metrics = dict(up.metrics)
+            metrics["upload-bytes"] = sum(a.nbytes for a in up.arrays.values())
+            self.site_train[up.site] = metrics
+            updates.append(update)
+            weights.append(float(metrics["num-examples"]))
+        if not updates:
+            return False
+        combined = aggregate_updates(updates, weights, self.aggregation, self.trim)
+        self.theta = self.optimizer.step(self.theta, combined)
+        return True
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -3,6 +3,8 @@ rounds, checkpoints, resume and failed sites (Flower's runtimes: test_deployment
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 
 import numpy as np
@@ -18,9 +20,11 @@ from baps_fed.aggregate import (
     update_bound,
     weighted_mean,
 )
+from baps_fed.cli import main
 from baps_fed.fm.tiny import save_tiny_weights
 from baps_fed.site_training import FedTrainConfig, initial_theta
 from coordinator.app import run_rounds
+from coordinator.audit import audit_run
 from coordinator.checkpoint import load_checkpoint
 from sites.app import app as client_app
 from sites.outbox import OutboxViolation, check_outgoing
@@ -296,3 +300,31 @@ def test_a_silent_site_is_skipped_and_the_run_goes_on(fed_setup, tmp_path):
     assert set(state.history[1]["train"]) == {"a"}
     assert any("no reply" in f for f in state.history[1]["failures"])
     assert "Sites that failed" in (tmp_path / "run" / "report.md").read_text()
+
+
+# -- the audit log ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upload", ["dense", "seeds"])
+def test_audit_verifies_a_run_and_fails_on_a_tampered_log(fed_setup, tmp_path, upload):
+    out = tmp_path / "run"
+    run_rounds(*fed_setup(2, out, upload=upload))
+    run_rounds(*fed_setup(3, out, resume=True, upload=upload))  # a restart, logged on
+    assert main(["audit", str(out)]) == 0
+    log = out / "audit.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3
+    entry = json.loads(lines[1])
+    array = next(iter(entry["uploads"][0]["arrays"].values()))
+    raw = bytearray(base64.b64decode(array["b64"]))
+    raw[-1] ^= 0x01  # one flipped bit in one site's round-2 upload
+    array["b64"] = base64.b64encode(bytes(raw)).decode()
+    forged = [lines[0], json.dumps(entry), lines[2]]
+    log.write_text("\n".join(forged) + "\n")
+    assert not audit_run(out).ok  # the replay differs, or the chain breaks at round 3
+    third = json.loads(forged[2])  # a forger who also mends the chain: the checkpoint's
+    third["prev_sha256"] = hashlib.sha256(forged[1].encode()).hexdigest()  # head differs
+    log.write_text("\n".join([*forged[:2], json.dumps(third)]) + "\n")
+    result = audit_run(out)
+    assert not result.ok and ("round 2" in result.message or "last hash" in result.message)
+    assert main(["audit", str(out)]) == 1
