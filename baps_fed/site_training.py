@@ -83,7 +83,9 @@ class FedTrainConfig:
     # DP on the K loss differences of every step (baps_fed/privacy.py): clip bound C on each
     # image's K-vector, noise multiplier, Poisson rate of each step's batch, accountant
     dp: bool = False
-    dp_clip: float = 0.05
+    # the median per-image K-vector norm measured on the colonoscopy- and fundus-like sites
+    # at the default c (0.21, 0.23; 90th percentile 0.39, 0.57): about half the images clipped
+    dp_clip: float = 0.25
     dp_noise: float = 1.0
     dp_sample_rate: float = 0.1
     dp_accountant: str = "rdp"
