@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from baps_fed.site_training import FedTrainConfig, site_id, start_point
-from baps_fed.zoo import GeassConfig, SeedKey, SpsaConfig, SpsaState, replay
+from baps_fed.zoo import GeassConfig, SeedKey, SpsaState, replay
 
 MAGIC = b"BPSS"
 VERSION = 1
@@ -86,14 +86,7 @@ class SiteReplica:
         theta = start_point(theta_global, self.personal, cfg.personal_keep)
         private = self.private if self.private is not None else np.zeros(self.n_private)
         full = np.concatenate([theta, private]).astype(np.float32)
-        spsa = SpsaConfig(
-            sp_avg=cfg.sp_avg,
-            c=c,
-            lr=cfg.lr,
-            schedule="constant",
-            beta=cfg.beta,
-            update=cfg.update,  # type: ignore[arg-type]
-        )
+        spsa = cfg.spsa_config(c)
         key = SeedKey(cfg.master_seed, server_round, site_id(self.name))
         full, self.state = replay(full, list(scalars), self.state, spsa, GeassConfig(), key)
         shared = full[: theta.size]

@@ -96,6 +96,17 @@ class FedTrainConfig:
         if not 0 <= self.personal_keep <= 1:
             raise ValueError(f"personal-keep must be in [0, 1], got {self.personal_keep}")
 
+    def spsa_config(self, c: float) -> SpsaConfig:
+        """The SPSA-GC step rule every site runs (and a coordinator replays), at scale c."""
+        return SpsaConfig(
+            sp_avg=self.sp_avg,
+            c=c,
+            lr=self.lr,
+            schedule="constant",
+            beta=self.beta,
+            update=self.update,  # type: ignore[arg-type]
+        )
+
     @classmethod
     def from_flat(cls, config: dict[str, Any]) -> FedTrainConfig:
         """From a flat dict with Flower-style keys ("local-steps") or field names."""
@@ -173,14 +184,7 @@ class LocalSite:
             else WithPrivateHead(self.decoder, cfg.private_head)
         )
         c = calibrate_c(self.model, cfg.target_grey, seed=cfg.master_seed)  # type: ignore[arg-type]
-        spsa = SpsaConfig(
-            sp_avg=cfg.sp_avg,
-            c=c,
-            lr=cfg.lr,
-            schedule="constant",
-            beta=cfg.beta,
-            update=cfg.update,  # type: ignore[arg-type]
-        )
+        spsa = cfg.spsa_config(c)
         self.dp = (
             DPConfig(
                 clip=cfg.dp_clip,
