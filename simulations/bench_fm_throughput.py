@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--chunks",
+        type=int,
+        nargs="+",
+        default=[4, 8, 16, 32, 64],
+        help="images per forward pass inside one call (the FM's max_batch) to compare",
+    )
     ap.add_argument("--out", type=Path, default=Path("simulations/results/fm_throughput"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -63,11 +70,28 @@ def main(argv: list[str] | None = None) -> None:
     max_diff = float(np.abs(ref - per).max())
     per_image(), batch16(), one_call()  # warm-up
 
+    default_chunk = getattr(fm, "max_batch", None)
+    if default_chunk is None:  # a remote FM chunks on its own side
+        args.chunks = []
+
+    def one_call_in_chunks(size: int):
+        def run() -> None:
+            fm.max_batch = size
+            try:
+                fm.segment(images, points)
+            finally:
+                fm.max_batch = default_chunk
+
+        return run
+
     times: dict[str, list[float]] = {"batch1": [], "batch16": [], "one_call": []}
+    times |= {f"chunk{c}": [] for c in args.chunks}
     for _ in range(args.repeats):
         times["batch1"].append(_timed(per_image))
         times["batch16"].append(_timed(batch16))
         times["one_call"].append(_timed(one_call))
+        for c in args.chunks:
+            times[f"chunk{c}"].append(_timed(one_call_in_chunks(c)))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "fm": args.fm,
@@ -81,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         "images_per_s_one_call": n / med["one_call"],
         "speedup_batch16_vs_per_image": med["batch1"] / med["batch16"],
         "speedup_one_call_vs_per_image": med["batch1"] / med["one_call"],
+        "default_chunk": default_chunk,
+        "images_per_s_by_chunk": {c: n / med[f"chunk{c}"] for c in args.chunks},
         "max_abs_logit_diff_batched_vs_per_image": max_diff,
         "seconds": times,
     }
@@ -92,11 +118,16 @@ def main(argv: list[str] | None = None) -> None:
         "| mode | images/s |\n|---|---|\n"
         f"| per-image calls (batch 1) | {result['images_per_s_batch1']:.1f} |\n"
         f"| batch 16 | {result['images_per_s_batch16']:.1f} |\n"
-        f"| one call of {n} | {result['images_per_s_one_call']:.1f} |\n\n"
+        f"| one call of {n} (forward passes of {default_chunk}) | "
+        f"{result['images_per_s_one_call']:.1f} |\n\n"
         f"Batched ({n} in one call) vs per-image calls: "
         f"**{result['speedup_one_call_vs_per_image']:.2f}x**; batch 16 vs per-image: "
         f"{result['speedup_batch16_vs_per_image']:.2f}x. "
-        f"Max |logit| difference batched vs per-image: {max_diff:.2e}.\n"
+        f"Max |logit| difference batched vs per-image: {max_diff:.2e}.\n\n"
+        f"One call of {n} images, by images per forward pass (the FM's `max_batch`; the "
+        "default is the fastest on this machine's kind):\n\n"
+        "| images per pass | images/s |\n|---|---|\n"
+        + "".join(f"| {c} | {v:.1f} |\n" for c, v in result["images_per_s_by_chunk"].items())
     )
     args.out.with_suffix(".md").write_text(md)
     print(md)
