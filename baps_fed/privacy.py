@@ -122,14 +122,9 @@ class PrivacyLedger:
 
     def record(self, steps: int) -> None:
         """Account for ``steps`` more releases at the configured sigma and q."""
-        if steps <= 0:
-            return
         sigma, q = self.cfg.noise_multiplier, self.cfg.sample_rate
-        if self._acc.history and self._acc.history[-1][:2] == (sigma, q):
-            s, r, n = self._acc.history[-1]
-            self._acc.history[-1] = (s, r, n + steps)
-        else:
-            self._acc.history.append((sigma, q, steps))
+        for _ in range(max(steps, 0)):  # Opacus merges equal (sigma, q) steps into one entry
+            self._acc.step(noise_multiplier=sigma, sample_rate=q)
 
     def epsilon(self) -> float:
         if not self._acc.history:

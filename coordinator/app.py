@@ -76,7 +76,9 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         )
         replies = _exchange(grid, strategy, messages, cfg.round_timeout, "train")
         arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-        state.audit_head = append_round(out, rnd, strategy.round_uploads, strategy.theta)
+        state.audit_head = append_round(
+            out, rnd, strategy.round_uploads, strategy.theta, state.audit_head
+        )
         if arrays is None:
             logger.warning("round %d: no usable update; the global decoder is unchanged", rnd)
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:

@@ -46,16 +46,13 @@ def _line_hash(line: str) -> str:
     return hashlib.sha256(line.encode()).hexdigest()
 
 
-def _last_line(path: Path) -> str | None:
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return lines[-1] if lines else None
-
-
-def append_round(out: Path, server_round: int, uploads: list[SiteUpload], theta) -> str:
-    """Append the round; returns the new line's hash (the head the checkpoint keeps)."""
-    last = _last_line(out / AUDIT_LOG)
+def append_round(
+    out: Path, server_round: int, uploads: list[SiteUpload], theta, prev_hash: str
+) -> str:
+    """Append the round after the line hashed ``prev_hash`` (the checkpoint's head; "" for the
+    first); returns the new line's hash, the next head."""
     line = {
-        "prev_sha256": _line_hash(last) if last is not None else "",
+        "prev_sha256": prev_hash,
         "round": server_round,
         "uploads": [
             {
