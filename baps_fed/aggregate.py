@@ -86,18 +86,29 @@ def aggregate_updates(
     trim: float = 0.2,
 ) -> np.ndarray:
     """The sites' combined update: the example-weighted mean, or, robust to a few bad sites,
-    the coordinate-wise median or trimmed mean (``trim`` of the sites cut at each end,
-    unweighted: a site could claim any example count)."""
+    the coordinate-wise median or trimmed mean (``trim`` of the sites cut at each end, at least
+    one once there are three sites, since a federation of a few hospitals is the usual case and
+    ``floor(0.2 * 4) = 0`` would cut nobody; unweighted: a site could claim any example count)."""
     if method == "mean":
         return weighted_mean(updates, weights)
     stack = np.stack([np.asarray(u, np.float64) for u in updates])
     if method == "median":
         return np.median(stack, axis=0).astype(np.float32)
     if method == "trimmed-mean":
-        cut = int(np.floor(trim * len(updates)))
+        cut = trimmed_count(len(updates), trim)
         ordered = np.sort(stack, axis=0)
         return ordered[cut : len(updates) - cut].mean(axis=0).astype(np.float32)
     raise ValueError(f"aggregation must be mean|median|trimmed-mean, got {method!r}")
+
+
+def trimmed_count(n_sites: int, trim: float) -> int:
+    """How many sites a trimmed mean cuts at each end."""
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+    cut = int(np.floor(trim * n_sites))
+    if trim > 0 and n_sites >= 3:
+        cut = max(cut, 1)
+    return min(cut, (n_sites - 1) // 2)
 
 
 def update_bound(local_steps: int, lr: float, update: str, dim: int) -> float:

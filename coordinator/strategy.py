@@ -22,7 +22,7 @@ from baps_fed.aggregate import (
     reject_reason,
     update_bound,
 )
-from baps_fed.codec import CodecError, SiteReplica
+from baps_fed.codec import CodecError, SiteReplica, unpack_scalars
 from baps_fed.fed_report import weighted
 from baps_fed.personal import private_head_size
 from baps_fed.site_training import FedTrainConfig
@@ -94,13 +94,20 @@ class UpdateAveraging(FedAvg):
                 'replayed: restart the run, or use upload = "dense"'
             )
             return None
+        blob = up.arrays["scalars"].tobytes()
         try:
-            return replica.replay_round(
-                self.theta, server_round, up.arrays["scalars"].tobytes(), self.train_cfg
-            )
+            update = replica.replay_round(self.theta, server_round, blob, self.train_cfg)
         except CodecError as err:
             self.failures.append(f"train {name}: {err}")
             return None
+        # replayed all the same, so the replica stays in step with the site
+        if not np.isfinite(unpack_scalars(blob)[1]).any():
+            self.failures.append(
+                f"train {name}: update rejected, its upload holds no finite scalar (every step "
+                "skipped): a broken FM at the site or a malicious upload"
+            )
+            return None
+        return update
 
     def global_arrays(self) -> ArrayRecord:
         return ArrayRecord({"theta": Array(self.theta)})

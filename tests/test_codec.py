@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from baps_fed.aggregate import ServerOptConfig, ServerOptimizer
 from baps_fed.codec import CodecError, SiteReplica, pack_scalars, unpack_scalars
 from baps_fed.data.modalities import synthetic_dataset
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.torch_fm import TorchSamFM
 from baps_fed.site_training import FedTrainConfig, LocalSite, SiteSpec, initial_theta
+from coordinator.strategy import SiteUpload, UpdateAveraging
 
 
 def test_scalars_round_trip_and_bad_uploads_are_named():
@@ -55,3 +57,24 @@ def test_an_upload_of_the_wrong_size_is_refused():
     replica = SiteReplica("a", n_private=0)
     with pytest.raises(CodecError, match="the run expects 3 x 2"):
         replica.replay_round(initial_theta(cfg), 1, pack_scalars(1.0, np.zeros((2, 2))), cfg)
+
+
+def _upload(name: str, scalars: np.ndarray) -> SiteUpload:
+    blob = np.frombuffer(pack_scalars(0.1, scalars), np.uint8)
+    return SiteUpload(name, {"scalars": blob}, {"num-examples": 10.0, "spsa-step": 0.0})
+
+
+def test_the_coordinator_rejects_a_site_whose_scalars_are_all_nan_and_says_which():
+    cfg = FedTrainConfig(local_steps=3, sp_avg=2, private_head="none")
+    honest = np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32)
+    coordinator = UpdateAveraging(ServerOptimizer(ServerOptConfig()), initial_theta(cfg), cfg)
+    assert coordinator.apply_round(1, [_upload("a", honest), _upload("b", np.full((3, 2), np.nan))])
+    assert any("train b: update rejected" in f and "no finite" in f for f in coordinator.failures)
+    assert set(coordinator.site_train) == {"a"}
+    # under sign updates, scaling every scalar changes nothing: the step is lr * sign(estimate)
+    scaled = UpdateAveraging(ServerOptimizer(ServerOptConfig()), initial_theta(cfg), cfg)
+    scaled.apply_round(1, [_upload("a", 1000 * honest)])
+    plain = UpdateAveraging(ServerOptimizer(ServerOptConfig()), initial_theta(cfg), cfg)
+    plain.apply_round(1, [_upload("a", honest)])
+    np.testing.assert_array_equal(scaled.theta, plain.theta)
+    assert not np.array_equal(plain.theta, initial_theta(cfg))

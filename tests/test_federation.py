@@ -17,6 +17,7 @@ from baps_fed.aggregate import (
     ServerOptimizer,
     aggregate_updates,
     reject_reason,
+    trimmed_count,
     update_bound,
     weighted_mean,
 )
@@ -81,6 +82,16 @@ def test_robust_aggregation_resists_one_bad_site_of_five():
         assert np.abs(median - 0.1).max() < 0.05 and np.abs(trimmed - 0.1).max() < 0.05
     with pytest.raises(ValueError, match="aggregation must be"):
         aggregate_updates(honest, [1] * 4, "krum")  # type: ignore[arg-type]
+
+
+def test_a_trimmed_mean_of_four_hospitals_still_cuts_one_at_each_end():
+    assert [trimmed_count(n, 0.2) for n in (2, 3, 4, 5, 10)] == [0, 1, 1, 1, 2]
+    assert trimmed_count(4, 0.0) == 0
+    honest = [np.full(3, v, np.float32) for v in (0.1, 0.11, 0.12)]
+    trimmed = aggregate_updates([*honest, np.full(3, -5.0)], [1] * 4, "trimmed-mean", trim=0.2)
+    np.testing.assert_allclose(trimmed, 0.105, rtol=1e-5)  # the middle two
+    with pytest.raises(ValueError, match="trim must be"):
+        trimmed_count(4, 0.5)
 
 
 def test_the_guard_knows_what_an_honest_round_can_send():
