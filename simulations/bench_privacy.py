@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="default: the scenario's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--add", action="store_true", help="keep the results file's runs, run only missing seeds"
+    )
     ap.add_argument("--out", type=Path, default=Path("simulations/results/privacy"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,26 +70,43 @@ def main() -> None:
         sigma = noise_for_epsilon(eps, args.delta, base.dp_sample_rate, releases)
         settings.append((f"epsilon {eps:g}", replace(base, dp=True, dp_noise=sigma), sigma))
 
-    rows = []
+    rows, commands = [], []
+    if args.add and args.out.with_suffix(".json").is_file():  # earlier seeds are kept
+        earlier = json.loads(args.out.with_suffix(".json").read_text())
+        rows, commands = earlier["rows"], earlier.get("commands", [])
+    commands.append("python " + " ".join(sys.argv))
     for label, cfg, sigma in settings:
-        gains, dice = [], []
-        for seed in args.seeds:
+        row = next((r for r in rows if r["setting"] == label), None)
+        if row is None:
+            row = {"setting": label, "noise_multiplier": sigma, "seeds": [], "dice": [], "gain": []}
+            rows.append(row)
+        elif not math.isclose(row["noise_multiplier"], sigma) and not math.isnan(sigma):
+            raise SystemExit(
+                f"{args.out}.json ran {label} at noise {row['noise_multiplier']}, this run "
+                f"would use {sigma}: other rounds or settings; drop --add or pick another --out"
+            )
+        for seed in [s for s in args.seeds if s not in row["seeds"]]:
             t0 = time.perf_counter()
             res = run_seed(scenario, cfg, rounds, seed, fm, server, ("federated",))
             zero, fed = weighted_dice(res, "zero_shot"), weighted_dice(res, "federated")
-            gains.append(fed - zero)
-            dice.append(fed)
+            row["seeds"].append(seed)
+            row["gain"].append(fed - zero)
+            row["dice"].append(fed)
             print(f"{label} seed {seed}: Dice {fed:.3f} (gain {fed - zero:+.3f}), "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-        rows.append(
-            {"setting": label, "noise_multiplier": sigma, "dice": dice, "gain": gains}
-        )  # fmt: skip
-        write(args, rows, base, releases)
+            write(args, rows, commands, base, releases)
 
 
-def write(args: argparse.Namespace, rows: list[dict], base: FedTrainConfig, releases: int) -> None:
+def write(
+    args: argparse.Namespace,
+    rows: list[dict],
+    commands: list[str],
+    base: FedTrainConfig,
+    releases: int,
+) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    payload = {"commands": commands, "rows": rows}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     ref = next((r for r in rows if r["setting"] == "no DP"), None)
     ref_gain = float(np.mean(ref["gain"])) if ref else math.nan
     n_params = initial_theta(base).size
@@ -94,18 +114,22 @@ def write(args: argparse.Namespace, rows: list[dict], base: FedTrainConfig, rele
     lines = [
         "# DP on SPSA scalars: utility curve (federated, weighted test Dice)",
         "",
-        "`python " + " ".join(sys.argv) + "`",
+        *[f"`{c}`" for c in commands],
         "",
         f"{releases} releases per site (rounds x local steps), Poisson rate "
         f"{base.dp_sample_rate}, clip {base.dp_clip}, delta {args.delta:g}, RDP accountant.",
         "",
-        "| setting | noise multiplier | Dice | gain over zero-shot | share of no-DP gain |",
-        "|---|---|---|---|---|",
+        "| setting | noise multiplier | seeds | Dice | gain over zero-shot | share of no-DP gain |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    # no DP first, then from the least noise to the most
+    for r in sorted(
+        rows, key=lambda r: -1 if math.isnan(r["noise_multiplier"]) else r["noise_multiplier"]
+    ):
         g = float(np.mean(r["gain"]))
         lines.append(
-            f"| {r['setting']} | {r['noise_multiplier']:.3f} | {np.mean(r['dice']):.3f} ± "
+            f"| {r['setting']} | {r['noise_multiplier']:.3f} | {len(r['seeds'])} | "
+            f"{np.mean(r['dice']):.3f} ± "
             f"{np.std(r['dice']):.3f} | {g:+.3f} | {g / ref_gain:.2f} |"
         )
     up = scalar_bytes(base.local_steps, base.sp_avg)
