@@ -76,7 +76,8 @@ class ServerOptimizer:
 # Robust aggregation and the update guard
 # ---------------------------------------------------------------------------------------------
 
-Aggregation = Literal["mean", "median", "trimmed-mean"]
+Aggregation = Literal["mean", "median", "trimmed-mean", "krum", "multi-krum"]
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum")
 
 
 def aggregate_updates(
@@ -84,13 +85,20 @@ def aggregate_updates(
     weights: list[float],
     method: Aggregation = "mean",
     trim: float = 0.2,
+    malicious: int = 1,
 ) -> np.ndarray:
     """The sites' combined update: the example-weighted mean, or, robust to a few bad sites,
     the coordinate-wise median or trimmed mean (``trim`` of the sites cut at each end, at least
     one once there are three sites, since a federation of a few hospitals is the usual case and
-    ``floor(0.2 * 4) = 0`` would cut nobody; unweighted: a site could claim any example count)."""
+    ``floor(0.2 * 4) = 0`` would cut nobody; unweighted: a site could claim any example count).
+    ``krum`` takes the one update closest to its neighbours, ``multi-krum`` the weighted mean of
+    the n - ``malicious`` closest ones (Flower's Krum selection, Blanchard et al. 2017)."""
     if method == "mean":
         return weighted_mean(updates, weights)
+    if method in ("krum", "multi-krum"):
+        keep = 1 if method == "krum" else max(1, len(updates) - malicious)
+        chosen = krum_select(updates, malicious, keep)
+        return weighted_mean([updates[i] for i in chosen], [weights[i] for i in chosen])
     stack = np.stack([np.asarray(u, np.float64) for u in updates])
     if method == "median":
         return np.median(stack, axis=0).astype(np.float32)
@@ -98,7 +106,22 @@ def aggregate_updates(
         cut = trimmed_count(len(updates), trim)
         ordered = np.sort(stack, axis=0)
         return ordered[cut : len(updates) - cut].mean(axis=0).astype(np.float32)
-    raise ValueError(f"aggregation must be mean|median|trimmed-mean, got {method!r}")
+    raise ValueError(f"aggregation must be one of {'|'.join(AGGREGATIONS)}, got {method!r}")
+
+
+def krum_select(updates: list[np.ndarray], malicious: int, keep: int) -> list[int]:
+    """Indices of the ``keep`` updates with the lowest Krum scores, by Flower's own selection
+    (``flwr.serverapp.strategy.multikrum``), so dense and replayed seed uploads get exactly
+    the Krum that Flower's Krum/MultiKrum strategies run."""
+    from flwr.app import Array, ArrayRecord, RecordDict
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+
+    contents = [
+        RecordDict({"arrays": ArrayRecord({"update": Array(np.asarray(u, np.float64))})})
+        for u in updates
+    ]
+    chosen = select_multikrum(contents, num_malicious_nodes=malicious, num_nodes_to_select=keep)
+    return [next(i for i, c in enumerate(contents) if c is pick) for pick in chosen]
 
 
 def trimmed_count(n_sites: int, trim: float) -> int:

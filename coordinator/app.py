@@ -64,6 +64,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         {n: SiteReplica.from_arrays(n, a) for n, a in state.replicas.items()},
         cfg.aggregation,  # type: ignore[arg-type]
         cfg.trim_fraction,
+        cfg.krum_malicious,
         min_train_nodes=cfg.min_sites,
         min_evaluate_nodes=cfg.min_sites,
         min_available_nodes=cfg.min_sites,

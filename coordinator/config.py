@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from baps_fed.aggregate import ServerOptConfig
+from baps_fed.aggregate import AGGREGATIONS, ServerOptConfig
 from baps_fed.flat_config import values_from_flat
 
 
@@ -18,9 +18,11 @@ class CoordinatorConfig:
     server_opt: str = "fedavg"
     server_lr: float = 1.0
     # how updates are combined: mean (example-weighted), or robust to a few bad sites:
-    # median or trimmed-mean (coordinate-wise, trim-fraction cut at each end)
+    # median or trimmed-mean (coordinate-wise, trim-fraction cut at each end), krum or
+    # multi-krum (Flower's selection, assuming up to krum-malicious bad sites)
     aggregation: str = "mean"
     trim_fraction: float = 0.2
+    krum_malicious: int = 1
     out_dir: str = "runs/federated"
     resume: bool = False
 
@@ -29,10 +31,12 @@ class CoordinatorConfig:
         cfg = cls(**values_from_flat(cls, config))
         if cfg.rounds < 1 or cfg.min_sites < 1 or cfg.eval_every < 1:
             raise ValueError(f"rounds, min-sites and eval-every must be >= 1: {cfg}")
-        if cfg.aggregation not in ("mean", "median", "trimmed-mean"):
+        if cfg.aggregation not in AGGREGATIONS:
             raise ValueError(
-                f"aggregation must be mean, median or trimmed-mean, got {cfg.aggregation!r}"
+                f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {cfg.aggregation!r}"
             )
+        if cfg.krum_malicious < 0:
+            raise ValueError(f"krum-malicious must be >= 0, got {cfg.krum_malicious}")
         if not 0 <= cfg.trim_fraction < 0.5:
             raise ValueError(f"trim-fraction must be in [0, 0.5), got {cfg.trim_fraction}")
         return cfg

@@ -54,13 +54,14 @@ class UpdateAveraging(FedAvg):
         replicas: dict[str, SiteReplica] | None = None,
         aggregation: Aggregation = "mean",
         trim: float = 0.2,
+        malicious: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)  # replies and messages use FedAvg's "arrays" key
         self.optimizer = optimizer
         self.theta = np.asarray(theta, np.float32)
         self.train_cfg = train_cfg or FedTrainConfig()
-        self.aggregation, self.trim = aggregation, trim
+        self.aggregation, self.trim, self.malicious = aggregation, trim, malicious
         cfg = self.train_cfg
         self.bound = update_bound(cfg.local_steps, cfg.lr, cfg.update, self.theta.size)
         # seed-and-scalar uploads: one replica of each site's trajectory, advanced by replay
@@ -161,7 +162,7 @@ class UpdateAveraging(FedAvg):
             weights.append(float(metrics["num-examples"]))
         if not updates:
             return False
-        combined = aggregate_updates(updates, weights, self.aggregation, self.trim)
+        combined = aggregate_updates(updates, weights, self.aggregation, self.trim, self.malicious)
         self.theta = self.optimizer.step(self.theta, combined)
         return True
 

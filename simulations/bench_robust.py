@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--attacks", nargs="+", default=list(ATTACKS[1:]), choices=ATTACKS[1:])
     # with four sites a trimmed mean cutting one at each end is the median: the default runs
     # the median only
-    ap.add_argument("--aggregations", nargs="+", default=["mean", "median"])
+    ap.add_argument("--aggregations", nargs="+", default=["mean", "median", "multi-krum"])
     ap.add_argument("--trim", type=float, default=0.25)
     ap.add_argument("--scale", type=float, default=1000.0)
     ap.add_argument("--attacker", help="the tampering site (default: the scenario's first)")

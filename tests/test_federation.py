@@ -27,6 +27,7 @@ from baps_fed.site_training import FedTrainConfig, initial_theta
 from coordinator.app import run_rounds
 from coordinator.audit import audit_run
 from coordinator.checkpoint import load_checkpoint
+from coordinator.config import CoordinatorConfig
 from sites.app import app as client_app
 from sites.outbox import OutboxViolation, check_outgoing
 from tests.conftest import SMALL_ARCH
@@ -81,7 +82,19 @@ def test_robust_aggregation_resists_one_bad_site_of_five():
         assert np.abs(mean - 0.1).max() > 1
         assert np.abs(median - 0.1).max() < 0.05 and np.abs(trimmed - 0.1).max() < 0.05
     with pytest.raises(ValueError, match="aggregation must be"):
-        aggregate_updates(honest, [1] * 4, "krum")  # type: ignore[arg-type]
+        aggregate_updates(honest, [1] * 4, "bulyan")  # type: ignore[arg-type]
+
+
+def test_krum_is_flowers_selection_and_leaves_the_outlier_out():
+    rng = np.random.default_rng(3)
+    honest = [rng.normal(0.1, 0.01, 6) for _ in range(4)]
+    updates = [*honest, -10 * honest[0]]
+    krum = aggregate_updates(updates, [1, 1, 1, 1, 50], "krum", malicious=1)
+    assert any(np.allclose(krum, u) for u in honest)  # one honest update, as Krum picks
+    multi = aggregate_updates(updates, [1, 1, 1, 1, 50], "multi-krum", malicious=1)
+    np.testing.assert_allclose(multi, np.mean(honest, axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="krum-malicious"):
+        CoordinatorConfig.from_run_config({"krum-malicious": -1})
 
 
 def test_a_trimmed_mean_of_four_hospitals_still_cuts_one_at_each_end():
