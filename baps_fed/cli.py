@@ -307,7 +307,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         decoder, _ = load_decoder(last)
     else:
         decoder = build_decoder(
-            DecoderConfig(preset=args.preset, vp_grid=args.vp_grid, init_seed=args.seed)
+            DecoderConfig(
+                preset=args.preset,
+                vp_grid=args.vp_grid,
+                init_seed=args.seed,
+                image_encoder=args.image_encoder,
+            )
         )
     dec_cfg = decoder.cfg
     data = open_source(
@@ -391,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--preset", default="basis", choices=["basis", "paper", "vp"])
     p.add_argument("--vp-grid", type=int, default=4, help="vp preset: 3 x g x g prompt")
+    p.add_argument(
+        "--image-encoder",
+        default="small",
+        help="the decoder's frozen image encoder: small (shipped) or clip:[MODEL:]PATH, CLIP's "
+        "image tower from local open_clip weights (pip install 'baps-fed[clip]')",
+    )
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--sp-avg", type=int, default=5, help="K perturbations per step")

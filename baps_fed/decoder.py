@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call
 
 import baps_fed
-from baps_fed.image_encoder import SmallImageEncoder, load_image_encoder
+from baps_fed.image_encoder import load_image_encoder, with_weights
 from baps_fed.prompting import PIXEL_MEAN, PIXEL_STD
 
 CHECKPOINT_FORMAT = "baps-fed-decoder/1"
@@ -59,6 +59,9 @@ class DecoderConfig:
     feature_norm: Literal["general", "none"] = "general"
     # vp preset (the visual-prompting baseline): grid 1 is a global colour shift (3 parameters)
     vp_grid: int = 4
+    # the frozen image encoder (image_encoder.load_image_encoder): "small" is the shipped one,
+    # "clip:[MODEL:]PATH" CLIP's image tower from local weights, as in BAPS (baps-fed[clip])
+    image_encoder: str = "small"
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class _PaperHead(nn.Module):
 
 
 class IPDecoder(nn.Module):
-    def __init__(self, cfg: DecoderConfig, encoder: SmallImageEncoder, encoder_id: str) -> None:
+    def __init__(self, cfg: DecoderConfig, encoder: nn.Module, encoder_id: str) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
@@ -215,7 +218,7 @@ REFERENCE_SEED0 = 5_000_000
 
 
 @functools.cache
-def _reference_embeddings(encoder_id: str, encoder: SmallImageEncoder) -> torch.Tensor:
+def _reference_embeddings(encoder_id: str, encoder: nn.Module) -> torch.Tensor:
     """Normalised embeddings of a fixed general-domain probe (no site data, same everywhere)."""
     from baps_fed.data.general import general_dataset
 
@@ -227,7 +230,7 @@ def _reference_embeddings(encoder_id: str, encoder: SmallImageEncoder) -> torch.
 
 
 def _reference_stats(
-    encoder: SmallImageEncoder, projection: torch.Tensor, encoder_id: str
+    encoder: nn.Module, projection: torch.Tensor, encoder_id: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     z = _reference_embeddings(encoder_id, encoder) @ projection
     return z.mean(0), z.std(0).clamp(min=1e-3)
@@ -236,7 +239,12 @@ def _reference_stats(
 def build_decoder(
     cfg: DecoderConfig = DecoderConfig(), encoder_path: Path | None = None
 ) -> IPDecoder:
-    encoder, encoder_id = load_image_encoder(encoder_path)
+    """The decoder ``cfg`` describes; ``encoder_path`` points at its encoder's weights when they
+    lie elsewhere than the config says (same kind of encoder; the checkpoint's hash decides)."""
+    spec = (
+        cfg.image_encoder if encoder_path is None else with_weights(cfg.image_encoder, encoder_path)
+    )
+    encoder, encoder_id = load_image_encoder(spec)
     return IPDecoder(cfg, encoder, encoder_id)
 
 

@@ -56,8 +56,47 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_image_encoder(path: Path | None = None) -> tuple[SmallImageEncoder, str]:
-    """The frozen encoder and its identity string ``small-cnn:<sha256 prefix>``."""
+def load_image_encoder(spec: str | Path | None = None) -> tuple[nn.Module, str]:
+    """The frozen encoder a spec names, and its identity string (name + weights hash).
+
+    small (or None)          the shipped encoder
+    small:PATH (or a Path)   a small-encoder weights file (``pretrain_image_encoder.py``)
+    clip:PATH                open_clip ViT-B-32 with local weights (``baps-fed[clip]``)
+    clip:MODEL:PATH          another open_clip model, e.g. clip:ViT-B-16:/models/b16.bin
+    """
+    if isinstance(spec, Path):
+        return _load_small(spec)
+    kind, _, rest = (spec or "small").partition(":")
+    if kind == "small":
+        return _load_small(Path(rest) if rest else None)
+    if kind == "clip":
+        from baps_fed.clip_encoder import DEFAULT_MODEL, load_clip_encoder
+
+        model, sep, path = rest.partition(":")
+        if not sep:  # clip:PATH
+            model, path = DEFAULT_MODEL, rest
+        if not path:
+            raise ValueError(f"image encoder {spec!r}: give the weights, clip:[MODEL:]PATH")
+        return load_clip_encoder(Path(path), model), f"clip-{model}:{file_sha256(Path(path))[:16]}"
+    raise ValueError(
+        f"unknown image encoder {spec!r}: use small, small:PATH, clip:PATH or clip:MODEL:PATH"
+    )
+
+
+def with_weights(spec: str, path: Path) -> str:
+    """The same kind of encoder as ``spec``, with its weights at ``path`` (a checkpoint moved to
+    another machine keeps its model and finds the weights where the user says)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "clip":
+        from baps_fed.clip_encoder import DEFAULT_MODEL
+
+        model, sep, _ = rest.partition(":")
+        return f"clip:{model if sep else DEFAULT_MODEL}:{path}"
+    return f"small:{path}"
+
+
+def _load_small(path: Path | None) -> tuple[SmallImageEncoder, str]:
+    """The small encoder and its identity string ``small-cnn:<sha256 prefix>``."""
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise FileNotFoundError(

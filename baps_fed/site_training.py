@@ -70,6 +70,8 @@ class FedTrainConfig:
     target_grey: float = 3.0
     preset: str = "basis"
     vp_grid: int = 4
+    image_encoder: str = "small"  # the decoder's frozen encoder; "clip:[MODEL:]PATH" needs the
+    # same weights file at that path on every site (baps_fed/image_encoder.py)
     decoder_seed: int = 0
     point_seed: int = 0  # evaluation points
     private_head: str = "basis"  # each site's private prompt head: basis | colour | none
@@ -113,7 +115,12 @@ class FedTrainConfig:
         return cls(**values_from_flat(cls, config))
 
     def decoder_config(self) -> DecoderConfig:
-        return DecoderConfig(preset=self.preset, vp_grid=self.vp_grid, init_seed=self.decoder_seed)  # type: ignore[arg-type]
+        return DecoderConfig(
+            preset=self.preset,  # type: ignore[arg-type]
+            vp_grid=self.vp_grid,
+            init_seed=self.decoder_seed,
+            image_encoder=self.image_encoder,
+        )
 
 
 def site_id(name: str) -> int:
