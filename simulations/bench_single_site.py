@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         oracle_scores = []
         for seed in args.seeds:
-            decoder = build_decoder(METHODS["BAPS"])
+            decoder = build_decoder(METHODS[args.oracle_decoder])
             theta = train_oracle(
                 decoder,
                 white_box,
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             "mean": float(np.mean(oracle_scores)),
             "std": float(np.std(oracle_scores)),
             "runs": oracle_scores,
+            "decoder": args.oracle_decoder,
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
