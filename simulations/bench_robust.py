@@ -161,7 +161,9 @@ def write(args: argparse.Namespace, rows: list[dict], attacker: str, rounds: int
         f"{' '.join(str(s) for s in sorted({r['seed'] for r in rows}))}. Zero-shot {zero:.3f}. "
         "Cells: Dice (change against the honest run with plain averaging, in Dice points).",
         "",
-        "| attack | " + " | ".join(aggregations) + " | updates rejected by the guard |",
+        "| attack | "
+        + " | ".join(aggregations)
+        + " | uploads rejected by the guard (all arms of the row) |",
         "|---|" + "---|" * len(aggregations) + "---|",
     ]
     for attack in dict.fromkeys(r["attack"] for r in rows):
