@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modalities", nargs="+", default=list(MODALITIES))
     ap.add_argument(
-        "--methods", nargs="+", default=["VP-3", "VP-48", "BAPS"], choices=list(METHODS)
+        "--methods", nargs="*", default=["VP-3", "VP-48", "BAPS"], choices=list(METHODS)
+    )
+    ap.add_argument(
+        "--oracle-decoder",
+        default="BAPS",
+        choices=[m for m in METHODS if m.startswith("BAPS")],
+        help="whose decoder the white-box oracle trains (its ceiling)",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n", type=int, default=600, help="cases per modality (all splits)")
