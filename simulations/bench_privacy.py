@@ -108,7 +108,14 @@ def write(
     payload = {"commands": commands, "rows": rows}
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     ref = next((r for r in rows if r["setting"] == "no DP"), None)
-    ref_gain = float(np.mean(ref["gain"])) if ref else math.nan
+    ref_by_seed = dict(zip(ref["seeds"], ref["gain"], strict=True)) if ref else {}
+
+    def ref_gain(seeds: list[int]) -> float:
+        """The no-DP gain on the same seeds (seeds differ in data, so only like compares)."""
+        if not seeds or any(s not in ref_by_seed for s in seeds):
+            return math.nan
+        return float(np.mean([ref_by_seed[s] for s in seeds]))
+
     n_params = initial_theta(base).size
     dense = 4 * n_params
     lines = [
@@ -119,7 +126,8 @@ def write(
         f"{releases} releases per site (rounds x local steps), Poisson rate "
         f"{base.dp_sample_rate}, clip {base.dp_clip}, delta {args.delta:g}, RDP accountant.",
         "",
-        "| setting | noise multiplier | seeds | Dice | gain over zero-shot | share of no-DP gain |",
+        "| setting | noise multiplier | seeds | Dice | gain over zero-shot "
+        "| share of the no-DP gain on the same seeds |",
         "|---|---|---|---|---|---|",
     ]
     # no DP first, then from the least noise to the most
@@ -128,9 +136,9 @@ def write(
     ):
         g = float(np.mean(r["gain"]))
         lines.append(
-            f"| {r['setting']} | {r['noise_multiplier']:.3f} | {len(r['seeds'])} | "
+            f"| {r['setting']} | {r['noise_multiplier']:.3f} | {' '.join(map(str, r['seeds']))} | "
             f"{np.mean(r['dice']):.3f} ± "
-            f"{np.std(r['dice']):.3f} | {g:+.3f} | {g / ref_gain:.2f} |"
+            f"{np.std(r['dice']):.3f} | {g:+.3f} | {g / ref_gain(r['seeds']):.2f} |"
         )
     up = scalar_bytes(base.local_steps, base.sp_avg)
     lines += [
