@@ -10,7 +10,7 @@ and a resumed coordinator continues exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class ServerOptimizer:
 # ---------------------------------------------------------------------------------------------
 
 Aggregation = Literal["mean", "median", "trimmed-mean", "krum", "multi-krum"]
-AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum")
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 
 
 def aggregate_updates(

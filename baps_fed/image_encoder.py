@@ -70,11 +70,9 @@ def load_image_encoder(spec: str | Path | None = None) -> tuple[nn.Module, str]:
     if kind == "small":
         return _load_small(Path(rest) if rest else None)
     if kind == "clip":
-        from baps_fed.clip_encoder import DEFAULT_MODEL, load_clip_encoder
+        from baps_fed.clip_encoder import load_clip_encoder
 
-        model, sep, path = rest.partition(":")
-        if not sep:  # clip:PATH
-            model, path = DEFAULT_MODEL, rest
+        model, path = _clip_parts(rest)
         if not path:
             raise ValueError(f"image encoder {spec!r}: give the weights, clip:[MODEL:]PATH")
         return load_clip_encoder(Path(path), model), f"clip-{model}:{file_sha256(Path(path))[:16]}"
@@ -88,11 +86,16 @@ def with_weights(spec: str, path: Path) -> str:
     another machine keeps its model and finds the weights where the user says)."""
     kind, _, rest = spec.partition(":")
     if kind == "clip":
-        from baps_fed.clip_encoder import DEFAULT_MODEL
-
-        model, sep, _ = rest.partition(":")
-        return f"clip:{model if sep else DEFAULT_MODEL}:{path}"
+        return f"clip:{_clip_parts(rest)[0]}:{path}"
     return f"small:{path}"
+
+
+def _clip_parts(rest: str) -> tuple[str, str]:
+    """(model, weights path) of a clip spec's ``[MODEL:]PATH`` part."""
+    from baps_fed.clip_encoder import DEFAULT_MODEL
+
+    model, sep, path = rest.partition(":")
+    return (model, path) if sep else (DEFAULT_MODEL, rest)
 
 
 def _load_small(path: Path | None) -> tuple[SmallImageEncoder, str]:

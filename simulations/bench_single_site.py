@@ -135,35 +135,37 @@ def main(argv: list[str] | None = None) -> None:
             earlier = json.loads(args.oracle_from.read_text())["rows"]
             old_row = next(r for r in earlier if r["modality"] == modality)
             row |= {k: v for k, v in old_row.items() if isinstance(v, dict) and k not in row}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            table = write_results(args, steps, rows)
-            continue
-        oracle_scores = []
-        for seed in args.seeds:
-            decoder = build_decoder(METHODS[args.oracle_decoder])
-            theta = train_oracle(
-                decoder,
-                white_box,
-                splits["train"],
-                steps=args.oracle_steps,
-                batch_size=args.batch,
-                seed=seed,
-            )
-            test = evaluate_fm(
-                load_fm("tiny"), splits["test"], point_seed=0, prompt=prompt_fn(decoder, theta)
-            )
-            oracle_scores.append(float(test.dice.mean()))
-        row["oracle"] = {
-            "mean": float(np.mean(oracle_scores)),
-            "std": float(np.std(oracle_scores)),
-            "runs": oracle_scores,
-            "decoder": args.oracle_decoder,
-        }
+        else:
+            row["oracle"] = oracle_ceiling(args, splits, white_box)
         print(json.dumps(row), flush=True)
         rows.append(row)
         table = write_results(args, steps, rows)
     print(table)
+
+
+def oracle_ceiling(args: argparse.Namespace, splits: dict, white_box: BatchedSam) -> dict:
+    """Test Dice of the --oracle-decoder trained white-box through the FM, over the seeds."""
+    oracle_scores = []
+    for seed in args.seeds:
+        decoder = build_decoder(METHODS[args.oracle_decoder])
+        theta = train_oracle(
+            decoder,
+            white_box,
+            splits["train"],
+            steps=args.oracle_steps,
+            batch_size=args.batch,
+            seed=seed,
+        )
+        test = evaluate_fm(
+            load_fm("tiny"), splits["test"], point_seed=0, prompt=prompt_fn(decoder, theta)
+        )
+        oracle_scores.append(float(test.dice.mean()))
+    return {
+        "mean": float(np.mean(oracle_scores)),
+        "std": float(np.std(oracle_scores)),
+        "runs": oracle_scores,
+        "decoder": args.oracle_decoder,
+    }
 
 
 def write_results(args: argparse.Namespace, steps: int, rows: list[dict]) -> str:
