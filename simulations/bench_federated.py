@@ -10,8 +10,12 @@ runtime itself adds transport, not arithmetic (the simulation reproduces these n
   each site with its private head (``federated_global``: the shared decoder alone);
 - pooled: one site holding every site's training split, rounds x local_steps x sites steps,
   so its FM image-queries equal the federation's total.
-Each site's test split is the same in every arm (splits hash sample names). Seeds vary the
-master seed (perturbations, batches) and the data seed.
+Each site's test split is the same in every arm (splits hash sample names). Small sites have
+small test splits (10 cases at n = 50), too noisy to compare arms on: ``--test-n N`` scores every
+site instead on N unseen cases from its own generator (same modality and scanner, case indices
+after the site's own), so each site's score has the same precision whatever its size. Seeds vary
+the master seed (perturbations, batches) and the data seed. "weighted" weighs sites by their
+training-set size.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from baps_fed.aggregate import ServerOptConfig, ServerOptimizer, weighted_mean
+from baps_fed.data.modalities import MODALITIES, make_case
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.data.sources import open_source
 from baps_fed.fm.spec import load_fm
@@ -44,6 +49,16 @@ def site_specs(scenario: Scenario, data_seed: int) -> list[SiteSpec]:
     ]  # fmt: skip
 
 
+def held_out_test(spec: SiteSpec, n_test: int) -> SegmentationDataset:
+    """``n_test`` cases the site never had: its generator's next indices (same scanner, seed)."""
+    if spec.data not in MODALITIES:
+        raise ValueError(
+            f"site {spec.name!r}: --test-n needs a synthetic modality, not {spec.data!r}"
+        )
+    cases = [make_case(spec.data, spec.n + i, spec.seed, spec.scanner) for i in range(n_test)]
+    return SegmentationDataset(f"{spec.name}-held-out", [c for c in cases if c.mask.sum() >= 16])
+
+
 def evaluate_all(sites: list[LocalSite], theta: np.ndarray) -> dict[str, dict]:
     """Every site's test split under one decoder, with no private head."""
     return {s.spec.name: s.evaluate(theta) for s in sites}
@@ -57,6 +72,7 @@ def run_seed(
     fm,
     server: ServerOptConfig,
     arms: tuple[str, ...] = ("local_only", "federated", "pooled"),
+    test_n: int | None = None,
 ) -> dict:
     cfg = replace(cfg, master_seed=seed)
     specs = site_specs(scenario, seed)
@@ -64,6 +80,9 @@ def run_seed(
         sp.name: open_source(sp.data, n=sp.n, seed=sp.seed, scanner=sp.scanner) for sp in specs
     }
     sites = [LocalSite(sp, cfg, fm=fm, data=datasets[sp.name]) for sp in specs]
+    if test_n:
+        for site in sites:  # training never reads the test split: swapping it changes only scores
+            site.splits["test"] = held_out_test(site.spec, test_n)
     theta0 = initial_theta(cfg)
     out: dict = {"zero_shot": evaluate_all(sites, theta0)}
     steps = rounds * cfg.local_steps
@@ -140,7 +159,7 @@ def summarise(runs: list[dict]) -> dict:
         per_site = {n: [r[arm][n]["dice"] for r in runs] for n in names}
         weighted = []
         for r in runs:
-            w = np.array([r[arm][n]["num-examples"] for n in names], float)
+            w = np.array([r["train_sizes"][n] for n in names], float)
             weighted.append(float(np.dot(w, [r[arm][n]["dice"] for n in names]) / w.sum()))
         per_site["weighted"] = weighted
         table[arm] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in per_site.items()}
@@ -153,6 +172,7 @@ def summarise(runs: list[dict]) -> dict:
         "federated_share_of_pooled_gain": share,
         "queries": {a: runs[0][f"{a}_queries"] for a in ARMS[1:] if f"{a}_queries" in runs[0]},
         "train_sizes": runs[0]["train_sizes"],
+        "test_sizes": {n: runs[0]["zero_shot"][n]["num-examples"] for n in names},
     }
 
 
@@ -168,14 +188,18 @@ def write_markdown(path: Path, summary: dict, args: argparse.Namespace, n_seeds:
         "",
         f"Test Dice, mean ± std over {n_seeds} seed(s). FM image-queries for training: "
         + ", ".join(f"{a} {q}" for a, q in summary["queries"].items())
-        + " (local-only: all sites together; every arm spends the same total).",
+        + " (local-only: all sites together; every arm spends the same total). Test set: "
+        + (f"{args.test_n} unseen cases per site" if args.test_n else "each site's test split")
+        + "; weighted: by training-set size.",
         "",
-        "| site | train n | " + " | ".join(a.replace("_", "-") for a in arms) + " |",
-        "|---|---|" + "---|" * len(arms),
+        "| site | train n | test n | " + " | ".join(a.replace("_", "-") for a in arms) + " |",
+        "|---|---|---|" + "---|" * len(arms),
     ]
+    tests = summary["test_sizes"]
     for n in names:
         cells = [f"{t[a][n][0]:.3f} ± {t[a][n][1]:.3f}" for a in arms]
-        lines.append(f"| {n} | {sizes.get(n, sum(sizes.values()))} | " + " | ".join(cells) + " |")
+        size, test = sizes.get(n, sum(sizes.values())), tests.get(n, sum(tests.values()))
+        lines.append(f"| {n} | {size} | {test} | " + " | ".join(cells) + " |")
     share = summary["federated_share_of_pooled_gain"]
     lines += ["", f"Federated gain / pooled gain (weighted): {share:.2f}" if share else ""]
     if "federated" in t and "local_only" in t:
@@ -203,6 +227,9 @@ def main() -> None:
     ap.add_argument("--private-head", choices=["colour", "basis", "none"])
     ap.add_argument("--personal-keep", type=float, help="override the scenario's personal-keep")
     ap.add_argument(
+        "--test-n", type=int, help="score each site on this many unseen cases of its own"
+    )
+    ap.add_argument(
         "--threads", type=int, default=2, help="torch threads (1 when two benchmarks share 2 cores)"
     )
     ap.add_argument("--out", type=Path, default=Path("simulations/results/federated"))
@@ -220,7 +247,9 @@ def main() -> None:
     for seed in args.seeds:
         t0 = time.perf_counter()
         server = ServerOptConfig(name=args.server_opt, lr=args.server_lr)
-        runs.append(run_seed(scenario, cfg, args.rounds, seed, fm, server, tuple(args.arms)))
+        runs.append(
+            run_seed(scenario, cfg, args.rounds, seed, fm, server, tuple(args.arms), args.test_n)
+        )
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         summary = summarise(runs)
         argv = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
