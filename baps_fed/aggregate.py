@@ -76,8 +76,12 @@ class ServerOptimizer:
 # Robust aggregation and the update guard
 # ---------------------------------------------------------------------------------------------
 
-Aggregation = Literal["mean", "median", "trimmed-mean", "krum", "multi-krum"]
+Aggregation = Literal[
+    "mean", "median", "trimmed-mean", "krum", "multi-krum", "scalar-median", "scalar-trimmed-mean"
+]
 AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+# these combine the sites' seed-mode scalars, not their updates (``combine_scalars``)
+SCALAR_AGGREGATIONS = ("scalar-median", "scalar-trimmed-mean")
 
 
 def aggregate_updates(
@@ -106,7 +110,36 @@ def aggregate_updates(
         cut = trimmed_count(len(updates), trim)
         ordered = np.sort(stack, axis=0)
         return ordered[cut : len(updates) - cut].mean(axis=0).astype(np.float32)
+    if method in SCALAR_AGGREGATIONS:
+        raise ValueError(f"{method} combines seed-mode scalars (combine_scalars), not updates")
     raise ValueError(f"aggregation must be one of {'|'.join(AGGREGATIONS)}, got {method!r}")
+
+
+def combine_scalars(scalars: list[np.ndarray], method: str, trim: float = 0.2) -> np.ndarray:
+    """One [steps, K] array from the sites' [steps, K] loss-difference scalars, scalar by
+    scalar: the median or trimmed mean over sites. Valid only when every site measured along
+    the same perturbations (run config ``shared-perturbations``). Non-finite scalars are left
+    out (a broken FM, a NaN attack); a scalar no site measured stays NaN, which the replay
+    treats as a skipped estimate, as at a site."""
+    if not scalars:
+        raise ValueError("no scalars to combine")
+    if any(np.shape(s) != np.shape(scalars[0]) for s in scalars):
+        raise ValueError(f"scalars differ in shape: {[np.shape(s) for s in scalars]}")
+    stack = np.stack([np.asarray(s, np.float64) for s in scalars])
+    out = np.full(stack.shape[1:], np.nan)
+    for idx in np.ndindex(*stack.shape[1:]):
+        column = stack[(slice(None), *idx)]
+        values = np.sort(column[np.isfinite(column)])
+        if values.size == 0:
+            continue
+        if method == "scalar-median":
+            out[idx] = np.median(values)
+        elif method == "scalar-trimmed-mean":
+            cut = trimmed_count(values.size, trim)
+            out[idx] = values[cut : values.size - cut].mean()
+        else:
+            raise ValueError(f"scalar aggregation must be one of {SCALAR_AGGREGATIONS}")
+    return out.astype(np.float32)
 
 
 def krum_select(updates: list[np.ndarray], malicious: int, keep: int) -> list[int]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from baps_fed.site_training import FedTrainConfig, site_id, start_point
-from baps_fed.zoo import GeassConfig, SeedKey, SpsaState, replay
+from baps_fed.site_training import FedTrainConfig, perturbation_key, site_id, start_point
+from baps_fed.zoo import GeassConfig, SpsaState, replay
 
 MAGIC = b"BPSS"
 VERSION = 1
@@ -84,10 +84,22 @@ class SiteReplica:
                 f"scalars, the run expects {cfg.local_steps} x {cfg.sp_avg}"
             )
         theta = start_point(theta_global, self.personal, cfg.personal_keep)
+        return self.replay_scalars(theta, server_round, c, scalars, cfg)
+
+    def replay_scalars(
+        self,
+        theta: np.ndarray,
+        server_round: int,
+        c: float,
+        scalars: np.ndarray,
+        cfg: FedTrainConfig,
+    ) -> np.ndarray:
+        """Replays [steps, K] scalars from ``theta`` (and this replica's private head and
+        optimiser state); returns the move of the shared decoder."""
         private = self.private if self.private is not None else np.zeros(self.n_private)
         full = np.concatenate([theta, private]).astype(np.float32)
         spsa = cfg.spsa_config(c)
-        key = SeedKey(cfg.master_seed, server_round, site_id(self.name))
+        key = perturbation_key(cfg, server_round, site_id(self.name), self.state.step)
         full, self.state = replay(full, list(scalars), self.state, spsa, GeassConfig(), key)
         shared = full[: theta.size]
         self.private, self.personal = full[theta.size :], shared

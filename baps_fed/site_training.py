@@ -81,6 +81,9 @@ class FedTrainConfig:
     # what a train reply carries: "dense" (the update) or "seeds" (steps x K scalars that the
     # coordinator replays into the update, baps_fed/codec.py)
     upload: str = "dense"
+    # every site of a round perturbs along the same directions (zoo.SeedKey.step0), which the
+    # coordinator's scalar-median / scalar-trimmed-mean aggregations need
+    shared_perturbations: bool = False
 
     # DP on the K loss differences of every step (baps_fed/privacy.py): clip bound C on each
     # image's K-vector, noise multiplier, Poisson rate of each step's batch, accountant
@@ -126,6 +129,12 @@ class FedTrainConfig:
 def site_id(name: str) -> int:
     """A stable integer for a site's name: part of its perturbation seeds."""
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def perturbation_key(cfg: FedTrainConfig, server_round: int, site: int, first_step: int) -> SeedKey:
+    """The seed key of a site's round, ``first_step`` being its optimiser step at the start."""
+    step0 = first_step if cfg.shared_perturbations else None
+    return SeedKey(cfg.master_seed, server_round, site, step0)
 
 
 def initial_theta(cfg: FedTrainConfig) -> np.ndarray:
@@ -253,7 +262,7 @@ class LocalSite:
             )
         state = state or SpsaState()
         first_step = state.step
-        key = SeedKey(self.cfg.master_seed, server_round, self.id)
+        key = perturbation_key(self.cfg, server_round, self.id, first_step)
         start, queries0 = time.perf_counter(), self.fm.meter.images
         losses, skipped, scalars = [], 0, []
         full = self._full(theta, private)

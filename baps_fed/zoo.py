@@ -54,11 +54,18 @@ _MAX_SEED = 2**64
 
 @dataclass(frozen=True)
 class SeedKey:
-    """What names a site's perturbations in one round; with (step, k) it fixes every Delta."""
+    """What names a site's perturbations in one round; with (step, k) it fixes every Delta.
+
+    ``step0`` set: the round's perturbations are shared by every site (site part 0) and
+    indexed by the step within the round (``state.step - step0``), so the K scalars of local
+    step j mean the same directions at every site and can be combined scalar by scalar
+    (coordinator ``scalar-median``). ``site`` still seeds the site's own batches.
+    """
 
     master_seed: int
     round: int
     site: int
+    step0: int | None = None
 
 
 def seed_words(parts: Iterable[int]) -> list[int]:
@@ -260,7 +267,11 @@ def current_lr(state: SpsaState, cfg: SpsaConfig, geass: GeassConfig | None = No
 
 def step_perturbations(key: SeedKey, state: SpsaState, cfg: SpsaConfig, dim: int) -> np.ndarray:
     """The [K, dim] Deltas of the current step: the loop and replay must both use these."""
-    return perturbations(key.master_seed, key.round, key.site, state.step, cfg.sp_avg, dim)
+    if key.step0 is None:
+        site, step = key.site, state.step
+    else:
+        site, step = 0, state.step - key.step0
+    return perturbations(key.master_seed, key.round, site, step, cfg.sp_avg, dim)
 
 
 # ---------------------------------------------------------------------------------------------

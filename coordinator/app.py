@@ -65,6 +65,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         cfg.aggregation,  # type: ignore[arg-type]
         cfg.trim_fraction,
         cfg.krum_malicious,
+        SiteReplica.from_arrays("consensus", state.consensus) if state.consensus else None,
         min_train_nodes=cfg.min_sites,
         min_evaluate_nodes=cfg.min_sites,
         min_available_nodes=cfg.min_sites,
@@ -102,6 +103,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         state.round, state.theta = rnd, strategy.theta
         state.optimizer = strategy.optimizer.state
         state.replicas = {n: r.to_arrays() for n, r in strategy.replicas.items()}
+        state.consensus = strategy.consensus.to_arrays()
         save_checkpoint(out, state)
         write_fed_report(out, state.history, state.config)
         _print_round(state.history[-1])

@@ -27,6 +27,8 @@ class CoordinatorState:
     # seed-and-scalar runs: per site, its replica's arrays (baps_fed.codec.SiteReplica)
     replicas: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     audit_head: str = ""  # the hash of the audit log's last line (coordinator/audit.py)
+    # scalar-* aggregations: the consensus trajectory's replica arrays
+    consensus: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def save_checkpoint(out: Path, state: CoordinatorState) -> Path:
@@ -37,6 +39,7 @@ def save_checkpoint(out: Path, state: CoordinatorState) -> Path:
     names = sorted(state.replicas)  # site names can hold any character: arrays go by index
     for i, name in enumerate(names):
         arrays.update({f"rep{i}_{k}": v for k, v in state.replicas[name].items()})
+    arrays.update({f"cons_{k}": v for k, v in state.consensus.items()})
     meta = {
         "round": state.round,
         "history": state.history,
@@ -69,6 +72,7 @@ def load_checkpoint(out: Path) -> CoordinatorState:
                 replicas[name] = {
                     k[len(prefix) :]: z[k].copy() for k in z.files if k.startswith(prefix)
                 }
+            consensus = {k[5:]: z[k].copy() for k in z.files if k.startswith("cons_")}
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{path}: not a readable coordinator checkpoint ({err})") from err
     return CoordinatorState(
@@ -79,4 +83,5 @@ def load_checkpoint(out: Path) -> CoordinatorState:
         meta["config"],
         replicas,
         meta.get("audit_head", ""),
+        consensus,
     )

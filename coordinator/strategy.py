@@ -16,9 +16,11 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from baps_fed.aggregate import (
+    SCALAR_AGGREGATIONS,
     Aggregation,
     ServerOptimizer,
     aggregate_updates,
+    combine_scalars,
     reject_reason,
     update_bound,
 )
@@ -55,6 +57,7 @@ class UpdateAveraging(FedAvg):
         aggregation: Aggregation = "mean",
         trim: float = 0.2,
         malicious: int = 1,
+        consensus: SiteReplica | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)  # replies and messages use FedAvg's "arrays" key
@@ -63,9 +66,19 @@ class UpdateAveraging(FedAvg):
         self.train_cfg = train_cfg or FedTrainConfig()
         self.aggregation, self.trim, self.malicious = aggregation, trim, malicious
         cfg = self.train_cfg
+        if aggregation in SCALAR_AGGREGATIONS and not (
+            cfg.upload == "seeds" and cfg.shared_perturbations
+        ):
+            raise ValueError(
+                f"aggregation {aggregation!r} combines the sites' scalars one by one, so every "
+                'site must send them along the same directions: set upload = "seeds" and '
+                "shared-perturbations = true in the run config"
+            )
         self.bound = update_bound(cfg.local_steps, cfg.lr, cfg.update, self.theta.size)
         # seed-and-scalar uploads: one replica of each site's trajectory, advanced by replay
         self.replicas: dict[str, SiteReplica] = replicas if replicas is not None else {}
+        # scalar-* aggregations: the trajectory the combined scalars drive from the global
+        self.consensus = consensus or SiteReplica("consensus", self._private_size())
         self.site_train: dict[str, dict[str, float]] = {}
         self.site_evaluate: dict[str, dict[str, float]] = {}
         self.failures: list[str] = []
@@ -80,9 +93,7 @@ class UpdateAveraging(FedAvg):
             self.failures.append(f"train {name}: no update in its reply")
             return None
         if name not in self.replicas:
-            cfg = self.train_cfg
-            n_private = private_head_size(cfg.private_head, cfg.decoder_config().image_size)
-            self.replicas[name] = SiteReplica(name, n_private)
+            self.replicas[name] = SiteReplica(name, self._private_size())
         start_step = int(up.metrics.get("spsa-step", -1))
         if start_step == 0 and self.replicas[name].state.step != 0:
             # the site starts afresh (a new run context, e.g. after a coordinator restart)
@@ -109,6 +120,10 @@ class UpdateAveraging(FedAvg):
             )
             return None
         return update
+
+    def _private_size(self) -> int:
+        cfg = self.train_cfg
+        return private_head_size(cfg.private_head, cfg.decoder_config().image_size)
 
     def global_arrays(self) -> ArrayRecord:
         return ArrayRecord({"theta": Array(self.theta)})
@@ -143,7 +158,7 @@ class UpdateAveraging(FedAvg):
         """Updates from the round's uploads (replayed where they are scalars), the guard, the
         aggregation and the server step; False when no update was usable. The audit calls
         this too, on the logged uploads, so a replay runs the very same code."""
-        updates, weights = [], []
+        updates, weights, scalars = [], [], []
         for up in uploads:
             update = self._update_of(up, server_round)
             if update is None:
@@ -160,11 +175,28 @@ class UpdateAveraging(FedAvg):
             self.site_train[up.site] = metrics
             updates.append(update)
             weights.append(float(metrics["num-examples"]))
+            if self.aggregation in SCALAR_AGGREGATIONS:
+                scalars.append(unpack_scalars(up.arrays["scalars"].tobytes()))
         if not updates:
             return False
-        combined = aggregate_updates(updates, weights, self.aggregation, self.trim, self.malicious)
+        if self.aggregation in SCALAR_AGGREGATIONS:
+            combined = self._consensus_update(server_round, scalars)
+        else:
+            combined = aggregate_updates(
+                updates, weights, self.aggregation, self.trim, self.malicious
+            )
         self.theta = self.optimizer.step(self.theta, combined)
         return True
+
+    def _consensus_update(
+        self, server_round: int, uploads: list[tuple[float, np.ndarray]]
+    ) -> np.ndarray:
+        """The scalar-* rules: combine the accepted sites' scalars one by one (each one a
+        loss difference along the same shared direction), then replay the combined scalars
+        from the global decoder on the coordinator's own consensus trajectory."""
+        c = float(np.median([c for c, _ in uploads]))  # every site calibrates the same c
+        robust = combine_scalars([s for _, s in uploads], self.aggregation, self.trim)
+        return self.consensus.replay_scalars(self.theta, server_round, c, robust, self.train_cfg)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -9,7 +9,9 @@ trains honestly; one site (``--attacker``) then tampers with the scalars it uplo
 - ``nan``: every scalar NaN.
 The coordinator side is the real one (``coordinator.strategy.UpdateAveraging.apply_round``):
 replay of each site's scalars, the guard, the aggregation rule, the server step. Arms: the
-honest run with each rule, then every attack with each rule. Reported: weighted test Dice of
+honest run with each rule, then every attack with each rule. The scalar-* rules combine the
+sites' scalars one by one, so their arms run with shared perturbations (every site perturbs
+along the same directions); the other rules with per-site ones. Reported: weighted test Dice of
 the honest sites (the attacker's own test split is left out: its result is its own business),
 and the change against the honest run with plain averaging.
 Writes simulations/results/robust.{json,md}.
@@ -30,7 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_federated import site_specs  # noqa: E402
 
-from baps_fed.aggregate import ServerOptConfig, ServerOptimizer  # noqa: E402
+from baps_fed.aggregate import (  # noqa: E402
+    SCALAR_AGGREGATIONS,
+    ServerOptConfig,
+    ServerOptimizer,
+)
 from baps_fed.codec import pack_scalars  # noqa: E402
 from baps_fed.fm.spec import load_fm  # noqa: E402
 from baps_fed.simulate import Scenario  # noqa: E402
@@ -122,12 +128,16 @@ def main() -> None:
 
     rows: list[dict] = []
     for seed in args.seeds:
-        cfg = replace(base, master_seed=seed)
         specs = site_specs(scenario, seed)
         # a LocalSite keeps no run state (the arms pass it in), so the sites serve every arm
-        sites = [LocalSite(sp, cfg, fm=fm) for sp in specs]
+        # of the same perturbation scheme
+        variants = {}
+        for shared in {a in SCALAR_AGGREGATIONS for a in args.aggregations}:
+            cfg = replace(base, master_seed=seed, shared_perturbations=shared)
+            variants[shared] = cfg, [LocalSite(sp, cfg, fm=fm) for sp in specs]
         for attack in ["honest", *args.attacks]:
             for aggregation in args.aggregations:
+                cfg, sites = variants[aggregation in SCALAR_AGGREGATIONS]
                 t0 = time.perf_counter()
                 res = run_arm(
                     sites, cfg, rounds, attacker, attack, aggregation, args.trim, args.scale

@@ -5,12 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from baps_fed.aggregate import ServerOptConfig, ServerOptimizer
+from baps_fed.aggregate import ServerOptConfig, ServerOptimizer, combine_scalars
 from baps_fed.codec import CodecError, SiteReplica, pack_scalars, unpack_scalars
 from baps_fed.data.modalities import synthetic_dataset
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.torch_fm import TorchSamFM
-from baps_fed.site_training import FedTrainConfig, LocalSite, SiteSpec, initial_theta
+from baps_fed.site_training import (
+    FedTrainConfig,
+    LocalSite,
+    SiteSpec,
+    initial_theta,
+    perturbation_key,
+)
+from baps_fed.zoo import SpsaState, step_perturbations
 from coordinator.strategy import SiteUpload, UpdateAveraging
 
 
@@ -33,8 +40,9 @@ def test_scalars_round_trip_and_bad_uploads_are_named():
     [
         {"private_head": "basis", "personal_keep": 0.5},
         {"private_head": "none", "dp": True, "dp_sample_rate": 0.5},
+        {"private_head": "basis", "personal_keep": 0.5, "shared_perturbations": True},
     ],
-    ids=["private-head-and-own-decoder", "dp"],
+    ids=["private-head-and-own-decoder", "dp", "shared-perturbations"],
 )
 def test_replaying_uploads_rebuilds_every_round_exactly(small_sam, settings):
     cfg = FedTrainConfig(local_steps=3, batch_size=2, sp_avg=2, **settings)
@@ -59,9 +67,9 @@ def test_an_upload_of_the_wrong_size_is_refused():
         replica.replay_round(initial_theta(cfg), 1, pack_scalars(1.0, np.zeros((2, 2))), cfg)
 
 
-def _upload(name: str, scalars: np.ndarray) -> SiteUpload:
+def _upload(name: str, scalars: np.ndarray, step: int = 0) -> SiteUpload:
     blob = np.frombuffer(pack_scalars(0.1, scalars), np.uint8)
-    return SiteUpload(name, {"scalars": blob}, {"num-examples": 10.0, "spsa-step": 0.0})
+    return SiteUpload(name, {"scalars": blob}, {"num-examples": 10.0, "spsa-step": float(step)})
 
 
 def test_the_coordinator_rejects_a_site_whose_scalars_are_all_nan_and_says_which():
@@ -78,3 +86,56 @@ def test_the_coordinator_rejects_a_site_whose_scalars_are_all_nan_and_says_which
     plain.apply_round(1, [_upload("a", honest)])
     np.testing.assert_array_equal(scaled.theta, plain.theta)
     assert not np.array_equal(plain.theta, initial_theta(cfg))
+
+
+def test_shared_perturbations_are_the_same_at_every_site_whatever_its_step():
+    spsa = FedTrainConfig(sp_avg=2).spsa_config(0.1)
+    for shared in (False, True):
+        cfg = FedTrainConfig(shared_perturbations=shared)
+        # site 1 is at optimiser step 0, site 2 missed rounds and is at step 7: local step 1
+        d1 = step_perturbations(perturbation_key(cfg, 3, 1, 0), SpsaState(step=1), spsa, 9)
+        d2 = step_perturbations(perturbation_key(cfg, 3, 2, 7), SpsaState(step=8), spsa, 9)
+        assert np.array_equal(d1, d2) == shared
+    cfg = FedTrainConfig(shared_perturbations=True)  # and they differ from round to round
+    other = step_perturbations(perturbation_key(cfg, 4, 1, 0), SpsaState(step=1), spsa, 9)
+    assert not np.array_equal(d1, other)
+
+
+def test_combining_scalars_one_by_one_ignores_outliers_and_nan():
+    honest = [np.full((2, 3), v, np.float32) for v in (0.9, 1.0, 1.1)]
+    bad = np.array([[-1e6, np.nan, 5.0], [np.nan, np.nan, np.nan]], np.float32)
+    median = combine_scalars([*honest, bad], "scalar-median")
+    np.testing.assert_allclose(median, [[0.95, 1.0, 1.05], [1.0, 1.0, 1.0]], rtol=1e-6)
+    trimmed = combine_scalars([*honest, bad], "scalar-trimmed-mean", trim=0.25)
+    np.testing.assert_allclose(trimmed, [[0.95, 1.0, 1.05], [1.0, 1.0, 1.0]], rtol=1e-6)
+    lost = combine_scalars([np.full((1, 2), np.nan)], "scalar-median")
+    assert np.isnan(lost).all()  # nobody measured it: the replay skips that estimate
+
+
+def test_scalar_median_replays_the_honest_scalars_despite_a_sign_flipping_site():
+    cfg = FedTrainConfig(local_steps=3, sp_avg=2, upload="seeds", shared_perturbations=True)
+    honest = np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32)
+
+    def run(aggregation: str, uploads: list[SiteUpload]) -> np.ndarray:
+        coordinator = UpdateAveraging(
+            ServerOptimizer(ServerOptConfig()), initial_theta(cfg), cfg, aggregation=aggregation
+        )
+        assert coordinator.apply_round(1, uploads)
+        return coordinator.theta
+
+    sites = [_upload(n, honest) for n in "abc"]
+    attacked = [*sites, _upload("d", -100 * honest)]
+    clean = run("mean", sites)  # three honest sites: the mean of their identical updates
+    assert not np.array_equal(clean, initial_theta(cfg))
+    np.testing.assert_array_equal(run("scalar-median", attacked), clean)
+    np.testing.assert_array_equal(run("scalar-trimmed-mean", attacked), clean)
+    assert not np.array_equal(run("mean", attacked), clean)
+
+
+@pytest.mark.parametrize("settings", [{"upload": "dense"}, {"upload": "seeds"}])
+def test_scalar_aggregation_without_shared_seed_uploads_is_refused(settings):
+    cfg = FedTrainConfig(**settings)
+    with pytest.raises(ValueError, match="shared-perturbations = true"):
+        UpdateAveraging(
+            ServerOptimizer(ServerOptConfig()), initial_theta(cfg), cfg, aggregation="scalar-median"
+        )
