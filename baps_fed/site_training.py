@@ -78,8 +78,9 @@ class FedTrainConfig:
     # Share of its own decoder a site keeps when a round starts: it starts from
     # (1 - keep) * global + keep * own (0: plain FedAvg, every site starts from the global).
     personal_keep: float = 0.0
-    # what a train reply carries: "dense" (the update) or "seeds" (steps x K scalars that the
-    # coordinator replays into the update, baps_fed/codec.py)
+    # what a train reply carries: "dense" (the update), "seeds" (steps x K scalars that the
+    # coordinator replays into the update, baps_fed/codec.py) or "model" (global + update,
+    # Flower's usual form, which its central DP wrappers need: coordinator/central_dp.py)
     upload: str = "dense"
     # every site of a round perturbs along the same directions (zoo.SeedKey.step0), which the
     # coordinator's scalar-median / scalar-trimmed-mean aggregations need
@@ -96,8 +97,8 @@ class FedTrainConfig:
     dp_accountant: str = "rdp"
 
     def __post_init__(self) -> None:
-        if self.upload not in ("dense", "seeds"):
-            raise ValueError(f"upload must be 'dense' or 'seeds', got {self.upload!r}")
+        if self.upload not in ("dense", "seeds", "model"):
+            raise ValueError(f"upload must be 'dense', 'seeds' or 'model', got {self.upload!r}")
         if not 0 <= self.personal_keep <= 1:
             raise ValueError(f"personal-keep must be in [0, 1], got {self.personal_keep}")
 

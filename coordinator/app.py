@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from baps_fed.aggregate import ServerOptimizer
@@ -21,6 +21,7 @@ from baps_fed.codec import SiteReplica
 from baps_fed.fed_report import write_fed_report
 from baps_fed.site_training import FedTrainConfig, initial_theta
 from coordinator.audit import append_round, truncate_log
+from coordinator.central_dp import central_epsilon, check_central_dp, wrap
 from coordinator.checkpoint import CoordinatorState, load_checkpoint, save_checkpoint
 from coordinator.config import CoordinatorConfig
 from coordinator.strategy import UpdateAveraging
@@ -42,6 +43,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     run_config = dict(context.run_config)
     cfg = CoordinatorConfig.from_run_config(run_config)
     train_cfg = FedTrainConfig.from_flat(run_config)
+    check_central_dp(cfg, train_cfg)
     out = Path(cfg.out_dir)
     config = {"coordinator": asdict(cfg), "train": asdict(train_cfg)}
     if cfg.resume:
@@ -66,18 +68,36 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         cfg.trim_fraction,
         cfg.krum_malicious,
         SiteReplica.from_arrays("consensus", state.consensus) if state.consensus else None,
+        equal_weights=cfg.central_dp != "off",
         min_train_nodes=cfg.min_sites,
         min_evaluate_nodes=cfg.min_sites,
         min_available_nodes=cfg.min_sites,
     )
+    # what the rounds talk to: the strategy, or Flower's DP wrapper around it
+    driver = strategy if cfg.central_dp == "off" else wrap(strategy, cfg)
+    releases = sum("central-dp-epsilon" in e["aggregate"] for e in state.history)
     for rnd in range(state.round + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
         strategy.site_train, strategy.site_evaluate, strategy.failures = {}, {}, []
-        messages = list(
-            strategy.configure_train(rnd, strategy.global_arrays(), ConfigRecord(), grid)
-        )
+        strategy.round_uploads = []
+        messages = list(driver.configure_train(rnd, strategy.global_arrays(), ConfigRecord(), grid))
         replies = _exchange(grid, strategy, messages, cfg.round_timeout, "train")
-        arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        arrays, train_metrics = driver.aggregate_train(rnd, replies)
+        if driver is not strategy:
+            if arrays is not None:  # the wrapper's noised decoder is the one released
+                strategy.theta = arrays["theta"].numpy().astype("float32")
+                releases += 1
+                train_metrics = MetricRecord(
+                    {
+                        **dict(train_metrics or {}),
+                        "central-dp-epsilon": central_epsilon(cfg, releases),
+                    }
+                )
+            elif any(m.has_error() for m in replies):
+                strategy.failures.append(
+                    "central DP: a site's error voids the round (Flower's DP wrappers aggregate "
+                    "all sampled sites or none); the global decoder is unchanged"
+                )
         state.audit_head = append_round(
             out, rnd, strategy.round_uploads, strategy.theta, state.audit_head
         )
@@ -85,7 +105,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
             logger.warning("round %d: no usable update; the global decoder is unchanged", rnd)
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             messages = list(
-                strategy.configure_evaluate(rnd, strategy.global_arrays(), ConfigRecord(), grid)
+                driver.configure_evaluate(rnd, strategy.global_arrays(), ConfigRecord(), grid)
             )
             strategy.aggregate_evaluate(
                 rnd, _exchange(grid, strategy, messages, cfg.round_timeout, "evaluate")

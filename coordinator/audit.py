@@ -97,6 +97,13 @@ def audit_run(run_dir: Path) -> AuditResult:
     config = json.loads(rounds_json.read_text())["config"]
     train_cfg = FedTrainConfig(**config["train"])
     coord = CoordinatorConfig(**config["coordinator"])
+    if coord.central_dp != "off":
+        return AuditResult(
+            False,
+            0,
+            f"central-dp = {coord.central_dp}: the coordinator added secret Gaussian noise to "
+            "every released decoder, which no log may hold; such a run cannot be replayed",
+        )
     strategy = UpdateAveraging(
         ServerOptimizer(coord.server_optimizer()),
         initial_theta(train_cfg),

@@ -23,6 +23,11 @@ class CoordinatorConfig:
     aggregation: str = "mean"
     trim_fraction: float = 0.2
     krum_malicious: int = 1
+    # Flower's DP wrappers (coordinator/central_dp.py): off | server-clipping | client-clipping
+    central_dp: str = "off"
+    central_dp_noise: float = 1.0
+    central_dp_clip: float = 0.5  # an honest 8-step sign round moves ~1.4 (0.16 x sqrt(72))
+    central_dp_delta: float = 1e-5
     out_dir: str = "runs/federated"
     resume: bool = False
 
@@ -37,6 +42,13 @@ class CoordinatorConfig:
             )
         if cfg.krum_malicious < 0:
             raise ValueError(f"krum-malicious must be >= 0, got {cfg.krum_malicious}")
+        if cfg.central_dp not in ("off", "server-clipping", "client-clipping"):
+            raise ValueError(
+                "central-dp must be off, server-clipping or client-clipping, "
+                f"got {cfg.central_dp!r}"
+            )
+        if cfg.central_dp_noise < 0 or cfg.central_dp_clip <= 0:
+            raise ValueError("central-dp-noise must be >= 0 and central-dp-clip > 0")
         if not 0 <= cfg.trim_fraction < 0.5:
             raise ValueError(f"trim-fraction must be in [0, 0.5), got {cfg.trim_fraction}")
         return cfg

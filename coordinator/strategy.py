@@ -58,6 +58,7 @@ class UpdateAveraging(FedAvg):
         trim: float = 0.2,
         malicious: int = 1,
         consensus: SiteReplica | None = None,
+        equal_weights: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)  # replies and messages use FedAvg's "arrays" key
@@ -65,6 +66,7 @@ class UpdateAveraging(FedAvg):
         self.theta = np.asarray(theta, np.float32)
         self.train_cfg = train_cfg or FedTrainConfig()
         self.aggregation, self.trim, self.malicious = aggregation, trim, malicious
+        self.equal_weights = equal_weights  # central DP: its noise assumes an unweighted mean
         cfg = self.train_cfg
         if aggregation in SCALAR_AGGREGATIONS and not (
             cfg.upload == "seeds" and cfg.shared_perturbations
@@ -89,6 +91,8 @@ class UpdateAveraging(FedAvg):
         name = up.site
         if "update" in up.arrays:
             return up.arrays["update"]
+        if "theta" in up.arrays:  # upload = "model": the site's decoder after the round
+            return (up.arrays["theta"] - self.theta).astype(np.float32)
         if "scalars" not in up.arrays:
             self.failures.append(f"train {name}: no update in its reply")
             return None
@@ -174,7 +178,7 @@ class UpdateAveraging(FedAvg):
             metrics["upload-bytes"] = sum(a.nbytes for a in up.arrays.values())
             self.site_train[up.site] = metrics
             updates.append(update)
-            weights.append(float(metrics["num-examples"]))
+            weights.append(1.0 if self.equal_weights else float(metrics["num-examples"]))
             if self.aggregation in SCALAR_AGGREGATIONS:
                 scalars.append(unpack_scalars(up.arrays["scalars"].tobytes()))
         if not updates:

@@ -14,13 +14,24 @@ import json
 import logging
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from baps_fed.codec import pack_scalars, scalar_bytes
 from baps_fed.site_training import FedTrainConfig, LocalSite, SiteSpec, spec_from_flat
 from baps_fed.zoo import SpsaState
-from sites.outbox import Upload, dense, outbox_guard, seed_scalars
+from sites.outbox import Upload, dense, model, outbox_guard, seed_scalars
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +66,8 @@ def _upload(context: Context) -> Upload:
     site = local_site(context)
     if site.cfg.upload == "seeds":
         return seed_scalars(scalar_bytes(site.cfg.local_steps, site.cfg.sp_avg))
+    if site.cfg.upload == "model":
+        return model(site.decoder.num_params)
     return dense(site.decoder.num_params)
 
 
@@ -95,7 +108,18 @@ def _theta(msg: Message) -> np.ndarray:
     return msg.content["arrays"]["theta"].numpy()
 
 
-app = ClientApp(mods=[outbox_guard(_upload)])
+def clipping_when_asked(msg: Message, context: Context, call_next) -> Message:
+    """Flower's fixedclipping_mod on train messages that carry a clipping norm (a coordinator
+    with central-dp = client-clipping); every other message passes untouched."""
+    if msg.metadata.message_type == MessageType.TRAIN:
+        config = msg.content.get("config")
+        if config is not None and KEY_CLIPPING_NORM in config:
+            return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+# the outbox guard is outermost: it checks the reply as it finally leaves
+app = ClientApp(mods=[outbox_guard(_upload), clipping_when_asked])
 
 
 @app.train()
@@ -119,6 +143,8 @@ def train(msg: Message, context: Context) -> Message:
     if site.cfg.upload == "seeds":  # a few bytes: the coordinator replays the round
         blob = np.frombuffer(pack_scalars(result.c, result.scalars), np.uint8)
         arrays = ArrayRecord({"scalars": Array(blob)})
+    elif site.cfg.upload == "model":  # Flower's usual reply, which its DP wrappers clip
+        arrays = ArrayRecord({"theta": Array((_theta(msg) + result.update).astype(np.float32))})
     else:
         arrays = ArrayRecord({"update": Array(result.update)})
     content = RecordDict(

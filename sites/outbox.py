@@ -57,6 +57,11 @@ def dense(n_params: int) -> Upload:
     return Upload("update", n_params, "float32")
 
 
+def model(n_params: int) -> Upload:
+    """The site's decoder after the round (global + update): n float32 numbers."""
+    return Upload("theta", n_params, "float32")
+
+
 def seed_scalars(n_bytes: int) -> Upload:
     """A seed-and-scalar upload (baps_fed/codec.py): its bytes, as uint8."""
     return Upload("scalars", n_bytes, "uint8")

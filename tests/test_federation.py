@@ -364,3 +364,57 @@ def test_audit_verifies_a_run_and_fails_on_a_tampered_log(fed_setup, tmp_path, s
     assert not result.ok
     assert any(where in result.message for where in ("round 2", "round 3", "last hash"))
     assert main(["audit", str(out)]) == 1
+
+
+# -- Flower's central DP wrappers (upload = "model") --------------------------------------------
+
+
+def test_model_uploads_give_the_dense_run(fed_setup, tmp_path):
+    dense = run_rounds(*fed_setup(2, tmp_path / "dense"))
+    grid, context = fed_setup(2, tmp_path / "model", upload="model")
+    model = run_rounds(grid, context)
+    np.testing.assert_allclose(model.theta, dense.theta, atol=1e-6)  # theta + u - theta rounds
+    train = [r for r in grid.replies if "arrays" in r.content]
+    assert train and all(list(r.content["arrays"].keys()) == ["theta"] for r in train)
+
+
+@pytest.mark.parametrize("mode", ["server-clipping", "client-clipping"])
+def test_flowers_central_dp_clips_each_site_and_noises_the_mean(fed_setup, tmp_path, mode):
+    clip = 0.05  # an honest 2-step round moves ~0.34: every site is clipped
+    settings = {"upload": "model", "central-dp": mode, "central-dp-clip": clip}
+    grid, context = fed_setup(2, tmp_path / "clipped", **settings, **{"central-dp-noise": 0.0})
+    clipped = run_rounds(grid, context)
+    # the decoder each round started from, as sent to the sites, then the final one
+    starts = [
+        m.content["arrays"]["theta"].numpy()
+        for m in grid.sent
+        if m.metadata.message_type == "train"
+    ][::2]
+    thetas = [*starts, clipped.theta]
+    steps = [np.linalg.norm(b - a) for a, b in zip(thetas, thetas[1:], strict=False)]
+    assert len(steps) == 2 and all(0 < s <= clip * (1 + 1e-5) for s in steps)  # clipped mean
+    if mode == "client-clipping":  # clipped at the site, by Flower's fixedclipping_mod
+        train = [r for r in grid.replies if "arrays" in r.content]
+        for reply, start in zip(train, [starts[0]] * 2 + [starts[1]] * 2, strict=True):
+            moved = reply.content["arrays"]["theta"].numpy() - start
+            assert np.linalg.norm(moved) <= clip * (1 + 1e-5)
+    noised = run_rounds(*fed_setup(2, tmp_path / "noised", **settings))
+    assert np.linalg.norm(noised.theta - clipped.theta) > clip  # noise sigma C per coordinate
+    eps = [e["aggregate"]["central-dp-epsilon"] for e in noised.history]
+    assert 0 < eps[0] < eps[1] < np.inf
+    result = audit_run(tmp_path / "noised")
+    assert not result.ok and "secret Gaussian noise" in result.message
+
+
+def test_central_dp_refuses_settings_that_void_its_guarantee(fed_setup, tmp_path):
+    with pytest.raises(ValueError, match='upload = "model"'):
+        run_rounds(*fed_setup(1, tmp_path / "a", **{"central-dp": "server-clipping"}))
+    with pytest.raises(ValueError, match="server-lr = 1"):
+        run_rounds(
+            *fed_setup(
+                1, tmp_path / "b", upload="model", **{"central-dp": "server-clipping"},
+                **{"server-lr": 2.0},
+            )
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="central-dp must be"):
+        CoordinatorConfig.from_run_config({"central-dp": "on"})

@@ -1,0 +1,67 @@
+"""Flower's central DP wrappers around the coordinator's strategy (``central-dp``).
+
+``server-clipping`` (Flower's DifferentialPrivacyServerSideFixedClipping) and
+``client-clipping`` (DifferentialPrivacyClientSideFixedClipping, with Flower's
+``fixedclipping_mod`` at each site) clip every site's model update theta_site - theta_global to
+L2 norm ``central-dp-clip`` and add Gaussian noise of std ``central-dp-noise x clip / n`` to the
+mean of the n sites: differential privacy for a whole hospital's contribution, against anyone
+who sees the released decoders (with server-side clipping the coordinator itself still sees
+the raw updates). The wrappers expect sites to return models, so they need ``upload =
+"model"``, and their noise calibration assumes an equally weighted mean applied as is: the
+coordinator then weighs sites equally, with aggregation ``mean`` and ``fedavg`` at server lr 1.
+With few hospitals the noise is large (n = 4: a quarter of sigma x C on every coordinate);
+site-level DP on the SPSA scalars (``dp``, baps_fed/privacy.py) protects each patient instead.
+
+Accounting: each round is one Gaussian release over all sampled sites (Flower samples every
+connected site), so Opacus' RDP accountant at sample rate 1 gives the epsilon spent so far.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+from opacus.accountants import create_accountant
+
+from baps_fed.site_training import FedTrainConfig
+from coordinator.config import CoordinatorConfig
+
+WRAPPERS = {
+    "server-clipping": DifferentialPrivacyServerSideFixedClipping,
+    "client-clipping": DifferentialPrivacyClientSideFixedClipping,
+}
+
+
+def check_central_dp(cfg: CoordinatorConfig, train: FedTrainConfig) -> None:
+    """Refuse settings under which the wrappers' noise would not give their guarantee."""
+    if cfg.central_dp == "off":
+        return
+    wrong = []
+    if train.upload != "model":
+        wrong.append('upload = "model" (the wrappers clip returned models)')
+    if cfg.aggregation != "mean":
+        wrong.append('aggregation = "mean" (robust rules have another sensitivity)')
+    if cfg.server_opt != "fedavg" or cfg.server_lr != 1.0:
+        wrong.append('server-opt = "fedavg" and server-lr = 1 (the noise is added after the step)')
+    if train.dp:
+        wrong.append("dp = false (site-level DP on scalars needs seed or dense updates)")
+    if wrong:
+        raise ValueError(f"central-dp = {cfg.central_dp!r} needs " + "; ".join(wrong))
+
+
+def wrap(strategy: Strategy, cfg: CoordinatorConfig) -> Strategy:
+    """The strategy inside Flower's wrapper for ``cfg.central_dp``."""
+    return WRAPPERS[cfg.central_dp](
+        strategy, cfg.central_dp_noise, cfg.central_dp_clip, num_sampled_clients=cfg.min_sites
+    )
+
+
+def central_epsilon(cfg: CoordinatorConfig, releases: int) -> float:
+    """Epsilon at ``central-dp-delta`` after ``releases`` noised rounds (RDP, sample rate 1)."""
+    if releases == 0:
+        return 0.0
+    accountant = create_accountant(mechanism="rdp")
+    accountant.history = [(cfg.central_dp_noise, 1.0, releases)]
+    return float(accountant.get_epsilon(delta=cfg.central_dp_delta))
