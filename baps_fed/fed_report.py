@@ -105,7 +105,7 @@ def write_fed_report(out: Path, history: list[dict], config: dict) -> Path:
             f"{r['global_dice']:.3f} | {r['federated_dice']:.3f} | {r['gain']:+.3f} | "
             f"{r['zero_shot_hd95']:.1f} -> {r['federated_hd95']:.1f} |"
         )
-    md += _privacy_lines(history)
+    md += _privacy_lines(history) + _central_dp_lines(history, config)
     failures = [(e["round"], e["failures"]) for e in history if e.get("failures")]
     if failures:
         md += ["", "Sites that failed or timed out:"]
@@ -135,6 +135,21 @@ def _privacy_lines(history: list[dict]) -> list[str]:
     for site, (rnd, m) in sorted(spent.items()):
         lines.append(f"| {site} | {m['epsilon']:.2f} | {m['delta']:g} | {rnd} |")
     return lines
+
+
+def _central_dp_lines(history: list[dict], config: dict) -> list[str]:
+    """The hospital-level epsilon of Flower's central DP wrappers (coordinator/central_dp.py)."""
+    released = [e for e in history if "central-dp-epsilon" in e.get("aggregate", {})]
+    if not released:
+        return []
+    coord = config.get("coordinator", {})
+    return [
+        "",
+        f"Central DP ({coord.get('central_dp')}, noise multiplier "
+        f"{coord.get('central_dp_noise')}, clip {coord.get('central_dp_clip')}): epsilon "
+        f"{released[-1]['aggregate']['central-dp-epsilon']:.2f} at delta "
+        f"{coord.get('central_dp_delta')} per hospital after {len(released)} noised rounds.",
+    ]
 
 
 def _write_csv(path: Path, history: list[dict]) -> None:

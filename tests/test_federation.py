@@ -402,6 +402,8 @@ def test_flowers_central_dp_clips_each_site_and_noises_the_mean(fed_setup, tmp_p
     assert np.linalg.norm(noised.theta - clipped.theta) > clip  # noise sigma C per coordinate
     eps = [e["aggregate"]["central-dp-epsilon"] for e in noised.history]
     assert 0 < eps[0] < eps[1] < np.inf
+    report = (tmp_path / "noised" / "report.md").read_text()
+    assert f"epsilon {eps[1]:.2f} at delta 1e-05 per hospital after 2 noised rounds" in report
     result = audit_run(tmp_path / "noised")
     assert not result.ok and "secret Gaussian noise" in result.message
 
