@@ -18,6 +18,8 @@ connected site), so Opacus' RDP accountant at sample rate 1 gives the epsilon sp
 
 from __future__ import annotations
 
+import math
+
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -62,6 +64,8 @@ def central_epsilon(cfg: CoordinatorConfig, releases: int) -> float:
     """Epsilon at ``central-dp-delta`` after ``releases`` noised rounds (RDP, sample rate 1)."""
     if releases == 0:
         return 0.0
+    if cfg.central_dp_noise == 0:  # clipping alone: no guarantee
+        return math.inf
     accountant = create_accountant(mechanism="rdp")
     accountant.history = [(cfg.central_dp_noise, 1.0, releases)]
     return float(accountant.get_epsilon(delta=cfg.central_dp_delta))
