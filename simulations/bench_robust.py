@@ -180,7 +180,8 @@ def write(args: argparse.Namespace, rows: list[dict], attacker: str, rounds: int
         cells = []
         for agg in aggregations:
             d = mean_dice(attack, agg)
-            cells.append(f"{d:.3f} ({100 * (d - ref):+.1f})")
+            change = f" ({100 * (d - ref):+.1f})" if np.isfinite(ref) else ""  # no mean arm
+            cells.append(f"{d:.3f}{change}")
         rejected = sum(len(r["failures"]) for r in rows if r["attack"] == attack)
         lines.append(f"| {attack} | " + " | ".join(cells) + f" | {rejected} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
