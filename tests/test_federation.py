@@ -370,36 +370,45 @@ def test_audit_verifies_a_run_and_fails_on_a_tampered_log(fed_setup, tmp_path, s
 
 
 def test_model_uploads_give_the_dense_run(fed_setup, tmp_path):
-    dense = run_rounds(*fed_setup(2, tmp_path / "dense"))
-    grid, context = fed_setup(2, tmp_path / "model", upload="model")
+    dense = run_rounds(*fed_setup(1, tmp_path / "dense"))
+    grid, context = fed_setup(1, tmp_path / "model", upload="model")
     model = run_rounds(grid, context)
     np.testing.assert_allclose(model.theta, dense.theta, atol=1e-6)  # theta + u - theta rounds
     train = [r for r in grid.replies if "arrays" in r.content]
     assert train and all(list(r.content["arrays"].keys()) == ["theta"] for r in train)
 
 
+def _train_thetas(grid: LoopbackGrid) -> list[np.ndarray]:
+    """The global decoder each train round was sent (once per round: two sites)."""
+    sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+    return [m.content["arrays"]["theta"].numpy() for m in sent][::2]
+
+
 @pytest.mark.parametrize("mode", ["server-clipping", "client-clipping"])
-def test_flowers_central_dp_clips_each_site_and_noises_the_mean(fed_setup, tmp_path, mode):
+def test_flowers_central_dp_clips_each_site(fed_setup, tmp_path, mode):
     clip = 0.05  # an honest 2-step round moves ~0.34: every site is clipped
     settings = {"upload": "model", "central-dp": mode, "central-dp-clip": clip}
-    grid, context = fed_setup(2, tmp_path / "clipped", **settings, **{"central-dp-noise": 0.0})
-    clipped = run_rounds(grid, context)
-    # the decoder each round started from, as sent to the sites, then the final one
-    starts = [
-        m.content["arrays"]["theta"].numpy()
-        for m in grid.sent
-        if m.metadata.message_type == "train"
-    ][::2]
-    thetas = [*starts, clipped.theta]
-    steps = [np.linalg.norm(b - a) for a, b in zip(thetas, thetas[1:], strict=False)]
-    assert len(steps) == 2 and all(0 < s <= clip * (1 + 1e-5) for s in steps)  # clipped mean
+    grid, context = fed_setup(1, tmp_path / "run", **settings, **{"central-dp-noise": 0.0})
+    state = run_rounds(grid, context)
+    (start,) = _train_thetas(grid)
+    assert 0 < np.linalg.norm(state.theta - start) <= clip * (1 + 1e-5)  # equal mean of clipped
     if mode == "client-clipping":  # clipped at the site, by Flower's fixedclipping_mod
         train = [r for r in grid.replies if "arrays" in r.content]
-        for reply, start in zip(train, [starts[0]] * 2 + [starts[1]] * 2, strict=True):
+        assert len(train) == 2
+        for reply in train:
             moved = reply.content["arrays"]["theta"].numpy() - start
             assert np.linalg.norm(moved) <= clip * (1 + 1e-5)
-    noised = run_rounds(*fed_setup(2, tmp_path / "noised", **settings))
-    assert np.linalg.norm(noised.theta - clipped.theta) > clip  # noise sigma C per coordinate
+
+
+def test_flowers_central_dp_noises_the_mean_and_accounts_for_it(fed_setup, tmp_path):
+    settings = {"upload": "model", "central-dp": "server-clipping", "central-dp-clip": 0.05}
+    clipped = run_rounds(
+        *fed_setup(1, tmp_path / "clipped", **settings, **{"central-dp-noise": 0.0})
+    )
+    grid, context = fed_setup(2, tmp_path / "noised", **settings)
+    noised = run_rounds(grid, context)
+    after_round_1 = _train_thetas(grid)[1]
+    assert np.linalg.norm(after_round_1 - clipped.theta) > 0.05  # noise sigma C per coordinate
     eps = [e["aggregate"]["central-dp-epsilon"] for e in noised.history]
     assert 0 < eps[0] < eps[1] < np.inf
     report = (tmp_path / "noised" / "report.md").read_text()
