@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from baps_fed.aggregate import ServerOptimizer
@@ -21,7 +21,7 @@ from baps_fed.codec import SiteReplica
 from baps_fed.fed_report import write_fed_report
 from baps_fed.site_training import FedTrainConfig, initial_theta
 from coordinator.audit import append_round, truncate_log
-from coordinator.central_dp import central_epsilon, check_central_dp, wrap
+from coordinator.central_dp import CentralDP, check_central_dp
 from coordinator.checkpoint import CoordinatorState, load_checkpoint, save_checkpoint
 from coordinator.config import CoordinatorConfig
 from coordinator.strategy import UpdateAveraging
@@ -74,8 +74,8 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         min_available_nodes=cfg.min_sites,
     )
     # what the rounds talk to: the strategy, or Flower's DP wrapper around it
-    driver = strategy if cfg.central_dp == "off" else wrap(strategy, cfg)
-    releases = sum("central-dp-epsilon" in e["aggregate"] for e in state.history)
+    central_dp = CentralDP(strategy, cfg, state.history) if cfg.central_dp != "off" else None
+    driver = central_dp.wrapper if central_dp else strategy
     for rnd in range(state.round + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
         strategy.site_train, strategy.site_evaluate, strategy.failures = {}, {}, []
@@ -83,21 +83,8 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         messages = list(driver.configure_train(rnd, strategy.global_arrays(), ConfigRecord(), grid))
         replies = _exchange(grid, strategy, messages, cfg.round_timeout, "train")
         arrays, train_metrics = driver.aggregate_train(rnd, replies)
-        if driver is not strategy:
-            if arrays is not None:  # the wrapper's noised decoder is the one released
-                strategy.theta = arrays["theta"].numpy().astype("float32")
-                releases += 1
-                train_metrics = MetricRecord(
-                    {
-                        **dict(train_metrics or {}),
-                        "central-dp-epsilon": central_epsilon(cfg, releases),
-                    }
-                )
-            elif any(m.has_error() for m in replies):
-                strategy.failures.append(
-                    "central DP: a site's error voids the round (Flower's DP wrappers aggregate "
-                    "all sampled sites or none); the global decoder is unchanged"
-                )
+        if central_dp:
+            train_metrics = central_dp.after_train(strategy, arrays, train_metrics, replies)
         state.audit_head = append_round(
             out, rnd, strategy.round_uploads, strategy.theta, state.audit_head
         )

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -53,11 +55,35 @@ def check_central_dp(cfg: CoordinatorConfig, train: FedTrainConfig) -> None:
         raise ValueError(f"central-dp = {cfg.central_dp!r} needs " + "; ".join(wrong))
 
 
-def wrap(strategy: Strategy, cfg: CoordinatorConfig) -> Strategy:
-    """The strategy inside Flower's wrapper for ``cfg.central_dp``."""
-    return WRAPPERS[cfg.central_dp](
-        strategy, cfg.central_dp_noise, cfg.central_dp_clip, num_sampled_clients=cfg.min_sites
-    )
+class CentralDP:
+    """Flower's wrapper around the strategy, and the releases it has noised so far."""
+
+    def __init__(self, strategy: Strategy, cfg: CoordinatorConfig, history: list[dict]) -> None:
+        self.cfg = cfg
+        self.wrapper = WRAPPERS[cfg.central_dp](
+            strategy, cfg.central_dp_noise, cfg.central_dp_clip, num_sampled_clients=cfg.min_sites
+        )
+        self.releases = sum("central-dp-epsilon" in e["aggregate"] for e in history)
+
+    def after_train(
+        self,
+        strategy,
+        arrays: ArrayRecord | None,
+        metrics: MetricRecord | None,
+        replies: list[Message],
+    ) -> MetricRecord | None:
+        """Adopt the wrapper's noised decoder (the one released) and add the epsilon spent."""
+        if arrays is None:
+            if any(m.has_error() for m in replies):
+                strategy.failures.append(
+                    "central DP: a site's error voids the round (Flower's DP wrappers aggregate "
+                    "all sampled sites or none); the global decoder is unchanged"
+                )
+            return metrics
+        strategy.theta = arrays["theta"].numpy().astype(np.float32)
+        self.releases += 1
+        epsilon = central_epsilon(self.cfg, self.releases)
+        return MetricRecord({**dict(metrics or {}), "central-dp-epsilon": epsilon})
 
 
 def central_epsilon(cfg: CoordinatorConfig, releases: int) -> float:
