@@ -16,14 +16,16 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from baps_fed.aggregate import ServerOptimizer
-from baps_fed.codec import SiteReplica
-from baps_fed.fed_report import write_fed_report
-from baps_fed.site_training import FedTrainConfig, initial_theta
-from coordinator.audit import append_round, truncate_log
+from baps_fed.evaluation.federation_report import write_fed_report
+from baps_fed.federation.audit import append_round, truncate_log
+from baps_fed.federation.checkpoint import CoordinatorState, load_checkpoint, save_checkpoint
+from baps_fed.federation.contract import initial_theta
+from baps_fed.federation.coordinator_config import CoordinatorConfig
+from baps_fed.federation.replica import SiteReplica
+from baps_fed.federation.round_aggregator import RoundAggregator
+from baps_fed.federation.run_config import read_run_config
+from baps_fed.federation.server_optimizer import ServerOptimizer
 from coordinator.central_dp import CentralDP, check_central_dp
-from coordinator.checkpoint import CoordinatorState, load_checkpoint, save_checkpoint
-from coordinator.config import CoordinatorConfig
 from coordinator.strategy import UpdateAveraging
 
 logger = logging.getLogger(__name__)
@@ -40,9 +42,7 @@ def _exchange(
 
 
 def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
-    run_config = dict(context.run_config)
-    cfg = CoordinatorConfig.from_run_config(run_config)
-    train_cfg = FedTrainConfig.from_flat(run_config)
+    cfg, train_cfg = read_run_config(context.run_config)
     check_central_dp(cfg, train_cfg)
     out = Path(cfg.out_dir)
     config = {"coordinator": asdict(cfg), "train": asdict(train_cfg)}
@@ -59,7 +59,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     out.mkdir(parents=True, exist_ok=True)
     truncate_log(out, state.round)  # a fresh run starts a fresh audit log
     state.config = config
-    strategy = UpdateAveraging(
+    aggregator = RoundAggregator(
         ServerOptimizer(cfg.server_optimizer(), state.optimizer),
         state.theta,
         train_cfg,
@@ -69,6 +69,9 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         cfg.krum_malicious,
         SiteReplica.from_arrays("consensus", state.consensus) if state.consensus else None,
         equal_weights=cfg.central_dp != "off",
+    )
+    strategy = UpdateAveraging(
+        aggregator,
         min_train_nodes=cfg.min_sites,
         min_evaluate_nodes=cfg.min_sites,
         min_available_nodes=cfg.min_sites,
@@ -78,15 +81,14 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     driver = central_dp.wrapper if central_dp else strategy
     for rnd in range(state.round + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
-        strategy.site_train, strategy.site_evaluate, strategy.failures = {}, {}, []
-        strategy.round_uploads = []
+        strategy.start_round()
         messages = list(driver.configure_train(rnd, strategy.global_arrays(), ConfigRecord(), grid))
         replies = _exchange(grid, strategy, messages, cfg.round_timeout, "train")
         arrays, train_metrics = driver.aggregate_train(rnd, replies)
         if central_dp:
             train_metrics = central_dp.after_train(strategy, arrays, train_metrics, replies)
         state.audit_head = append_round(
-            out, rnd, strategy.round_uploads, strategy.theta, state.audit_head
+            out, rnd, strategy.round_uploads, aggregator.theta, state.audit_head
         )
         if arrays is None:
             logger.warning("round %d: no usable update; the global decoder is unchanged", rnd)
@@ -101,16 +103,16 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
             {
                 "round": rnd,
                 "seconds": time.perf_counter() - t0,
-                "train": strategy.site_train,
+                "train": aggregator.site_train,
                 "evaluate": strategy.site_evaluate,
                 "aggregate": dict(train_metrics) if train_metrics is not None else {},
-                "failures": strategy.failures,
+                "failures": aggregator.failures,
             }
         )
-        state.round, state.theta = rnd, strategy.theta
-        state.optimizer = strategy.optimizer.state
-        state.replicas = {n: r.to_arrays() for n, r in strategy.replicas.items()}
-        state.consensus = strategy.consensus.to_arrays()
+        state.round, state.theta = rnd, aggregator.theta
+        state.optimizer = aggregator.optimizer.state
+        state.replicas = {n: r.to_arrays() for n, r in aggregator.replicas.items()}
+        state.consensus = aggregator.consensus.to_arrays()
         save_checkpoint(out, state)
         write_fed_report(out, state.history, state.config)
         _print_round(state.history[-1])

@@ -29,8 +29,8 @@ from flwr.serverapp.strategy import (
 )
 from opacus.accountants import create_accountant
 
-from baps_fed.site_training import FedTrainConfig
-from coordinator.config import CoordinatorConfig
+from baps_fed.federation.contract import FedTrainConfig
+from baps_fed.federation.coordinator_config import CoordinatorConfig
 
 WRAPPERS = {
     "server-clipping": DifferentialPrivacyServerSideFixedClipping,
@@ -75,12 +75,12 @@ class CentralDP:
         """Adopt the wrapper's noised decoder (the one released) and add the epsilon spent."""
         if arrays is None:
             if any(m.has_error() for m in replies):
-                strategy.failures.append(
+                strategy.agg.failures.append(
                     "central DP: a site's error voids the round (Flower's DP wrappers aggregate "
                     "all sampled sites or none); the global decoder is unchanged"
                 )
             return metrics
-        strategy.theta = arrays["theta"].numpy().astype(np.float32)
+        strategy.agg.theta = arrays["theta"].numpy().astype(np.float32)
         self.releases += 1
         epsilon = central_epsilon(self.cfg, self.releases)
         return MetricRecord({**dict(metrics or {}), "central-dp-epsilon": epsilon})

@@ -3,19 +3,12 @@
     python simulations/bench_federated.py --scenario simulations/scenarios/unequal.toml \
         --rounds 8 --local-steps 8 --out simulations/results/federated
 
-All arms run the code a Flower site runs (``baps_fed.site_training.LocalSite``); the Flower
-runtime itself adds transport, not arithmetic (the simulation reproduces these numbers).
-- local-only: each site trains alone for rounds x local_steps steps;
-- federated: rounds of local_steps steps per site, example-weighted FedAvg of the updates,
-  each site with its private head (``federated_global``: the shared decoder alone);
-- pooled: one site holding every site's training split, rounds x local_steps x sites steps,
-  so its FM image-queries equal the federation's total.
-Each site's test split is the same in every arm (splits hash sample names). Small sites have
-small test splits (10 cases at n = 50), too noisy to compare arms on: ``--test-n N`` scores every
-site instead on N unseen cases from its own generator (same modality and scanner, case indices
-after the site's own), so each site's score has the same precision whatever its size. Seeds vary
-the master seed (perturbations, batches) and the data seed. "weighted" weighs sites by their
-training-set size.
+The arms are ``baps_fed.federation.comparison.run_seed``: every arm runs the code a Flower
+site runs, and the federated arm the Flower app's round in one process (the simulation
+reproduces these numbers). Small sites have small test splits (10 cases at n = 50), too noisy
+to compare arms on: ``--test-n N`` scores every site on N unseen cases of its own generator.
+Seeds vary the master seed (perturbations, batches) and the data seed. "weighted" weighs sites
+by their training-set size.
 """
 
 from __future__ import annotations
@@ -24,132 +17,17 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from baps_fed.aggregate import ServerOptConfig, ServerOptimizer, weighted_mean
-from baps_fed.data.modalities import MODALITIES, make_case
-from baps_fed.data.sample import SegmentationDataset
-from baps_fed.data.sources import open_source
+from baps_fed.federation.comparison import ARMS, run_seed
+from baps_fed.federation.contract import FedTrainConfig
+from baps_fed.federation.scenario import Scenario
+from baps_fed.federation.server_optimizer import ServerOptConfig
 from baps_fed.fm.spec import load_fm
-from baps_fed.simulate import Scenario
-from baps_fed.site_training import FedTrainConfig, LocalSite, SiteSpec, initial_theta
-
-
-def site_specs(scenario: Scenario, data_seed: int) -> list[SiteSpec]:
-    return [
-        SiteSpec(
-            name=s["name"], data=s["data"], n=int(s.get("n", 200)),
-            seed=int(s.get("seed", 0)) + 1000 * data_seed, scanner=int(s.get("scanner", 0)),
-        )
-        for s in scenario.sites
-    ]  # fmt: skip
-
-
-def held_out_test(spec: SiteSpec, n_test: int) -> SegmentationDataset:
-    """``n_test`` cases the site never had: its generator's next indices (same scanner, seed)."""
-    if spec.data not in MODALITIES:
-        raise ValueError(
-            f"site {spec.name!r}: --test-n needs a synthetic modality, not {spec.data!r}"
-        )
-    cases = [make_case(spec.data, spec.n + i, spec.seed, spec.scanner) for i in range(n_test)]
-    return SegmentationDataset(f"{spec.name}-held-out", [c for c in cases if c.mask.sum() >= 16])
-
-
-def evaluate_all(sites: list[LocalSite], theta: np.ndarray) -> dict[str, dict]:
-    """Every site's test split under one decoder, with no private head."""
-    return {s.spec.name: s.evaluate(theta) for s in sites}
-
-
-def run_seed(
-    scenario: Scenario,
-    cfg: FedTrainConfig,
-    rounds: int,
-    seed: int,
-    fm,
-    server: ServerOptConfig,
-    arms: tuple[str, ...] = ("local_only", "federated", "pooled"),
-    test_n: int | None = None,
-) -> dict:
-    cfg = replace(cfg, master_seed=seed)
-    specs = site_specs(scenario, seed)
-    datasets = {
-        sp.name: open_source(sp.data, n=sp.n, seed=sp.seed, scanner=sp.scanner) for sp in specs
-    }
-    sites = [LocalSite(sp, cfg, fm=fm, data=datasets[sp.name]) for sp in specs]
-    if test_n:
-        for site in sites:  # training never reads the test split: swapping it changes only scores
-            site.splits["test"] = held_out_test(site.spec, test_n)
-    theta0 = initial_theta(cfg)
-    out: dict = {"zero_shot": evaluate_all(sites, theta0)}
-    steps = rounds * cfg.local_steps
-
-    if "local_only" in arms:
-        t0, queries, local = time.perf_counter(), 0, {}
-        for site in sites:  # local-only: the same steps, no averaging
-            theta, state, private = theta0, None, None
-            for rnd in range(1, rounds + 1):
-                r = site.train_round(theta, rnd, state, private)
-                theta, state, private = theta + r.update, r.state, r.private
-                queries += r.metrics["fm-queries"]
-            local[site.spec.name] = site.evaluate(theta, private)
-        out["local_only"] = local
-        out["local_only_queries"] = queries
-        out["local_only_s"] = time.perf_counter() - t0
-
-    if "federated" in arms:
-        t0, queries = time.perf_counter(), 0
-        theta = theta0
-        states: dict = {s.spec.name: None for s in sites}
-        privates: dict = {s.spec.name: None for s in sites}
-        personals: dict = {s.spec.name: None for s in sites}
-        opt = ServerOptimizer(server)
-        for rnd in range(1, rounds + 1):
-            results = [
-                s.train_round(
-                    theta, rnd, states[s.spec.name], privates[s.spec.name], personals[s.spec.name]
-                )
-                for s in sites
-            ]
-            for s, r in zip(sites, results, strict=True):
-                states[s.spec.name], privates[s.spec.name] = r.state, r.private
-                personals[s.spec.name] = r.personal
-                queries += r.metrics["fm-queries"]
-            mean = weighted_mean([r.update for r in results], [s.num_train for s in sites])
-            theta = opt.step(theta, mean)
-        out["federated"] = {
-            s.spec.name: s.evaluate(theta, privates[s.spec.name], personal=personals[s.spec.name])
-            for s in sites
-        }
-        out["federated_global"] = {  # the shared decoder alone, without the private heads
-            n: {**m, "dice": m["global-dice"]} for n, m in out["federated"].items()
-        }
-        out["federated_queries"] = queries
-        out["federated_s"] = time.perf_counter() - t0
-
-    if "pooled" in arms:
-        t0 = time.perf_counter()
-        pooled_data = SegmentationDataset(
-            "pooled", [s for ds in datasets.values() for s in ds], problems=[]
-        )
-        pooled = LocalSite(
-            SiteSpec("pooled", "pooled"),
-            replace(cfg, local_steps=steps * len(sites), private_head="none"),  # one model
-            fm=fm,
-            data=pooled_data,
-        )  # fmt: skip
-        r = pooled.train_round(theta0, 1, None)
-        out["pooled"] = evaluate_all(sites, theta0 + r.update)
-        out["pooled_queries"] = r.metrics["fm-queries"]
-        out["pooled_s"] = time.perf_counter() - t0
-    out["train_sizes"] = {s.spec.name: s.num_train for s in sites}
-    return out
-
-
-ARMS = ("zero_shot", "local_only", "federated_global", "federated", "pooled")
 
 
 def summarise(runs: list[dict]) -> dict:

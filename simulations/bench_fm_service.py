@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baps_fed.fm.base import BlackboxFM
+from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.sam_builder import SAM_ARCHITECTURES, build_sam
 from baps_fed.fm.service.client import GrpcFM, GrpcFMOptions

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from baps_fed.data.modalities import synthetic_dataset
-from baps_fed.evaluation import prompt_point
+from baps_fed.evaluation.evaluate import prompt_point
 from baps_fed.fm.spec import load_fm
 
 

@@ -8,7 +8,8 @@ search), then the federated arm of bench_federated runs with DP on. ``inf`` runs
 clipping and Poisson batches without noise; ``--no-dp`` adds the plain run as the reference
 the goal is measured against (gain at epsilon 8 >= 70% of it). Seed-and-scalar uploads replay
 to the dense update bit for bit (tests/test_federation.py), so their Dice is the dense Dice;
-their bytes are reported from codec.scalar_bytes. Writes simulations/results/privacy.{json,md}.
+their bytes are reported from seed_upload.scalar_bytes. Writes
+simulations/results/privacy.{json,md}.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_federated import run_seed  # noqa: E402
-
-from baps_fed.aggregate import ServerOptConfig  # noqa: E402
-from baps_fed.codec import scalar_bytes  # noqa: E402
-from baps_fed.fm.spec import load_fm  # noqa: E402
-from baps_fed.privacy import noise_for_epsilon  # noqa: E402
-from baps_fed.simulate import Scenario  # noqa: E402
-from baps_fed.site_training import FedTrainConfig, initial_theta  # noqa: E402
+from baps_fed.federation.comparison import run_seed
+from baps_fed.federation.contract import FedTrainConfig, initial_theta
+from baps_fed.federation.scenario import Scenario
+from baps_fed.federation.seed_upload import scalar_bytes
+from baps_fed.federation.server_optimizer import ServerOptConfig
+from baps_fed.fm.spec import load_fm
+from baps_fed.method.dp import noise_for_epsilon
 
 
 def weighted_dice(result: dict, arm: str) -> float:

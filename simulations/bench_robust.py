@@ -7,13 +7,14 @@ trains honestly; one site (``--attacker``) then tampers with the scalars it uplo
 - ``scaled``: every scalar times ``--scale`` (1000);
 - ``sign-flip``: every scalar negated (its update points the other way);
 - ``nan``: every scalar NaN.
-The coordinator side is the real one (``coordinator.strategy.UpdateAveraging.apply_round``):
-replay of each site's scalars, the guard, the aggregation rule, the server step. Arms: the
-honest run with each rule, then every attack with each rule. The scalar-* rules combine the
-sites' scalars one by one, so their arms run with shared perturbations (every site perturbs
-along the same directions); the other rules with per-site ones. Reported: weighted test Dice of
-the honest sites (the attacker's own test split is left out: its result is its own business),
-and the change against the honest run with plain averaging.
+The federation is the in-process one (``baps_fed.federation.in_process``), whose coordinator is
+the real ``RoundAggregator``: replay of each site's scalars, the guard, the aggregation rule,
+the server step. Arms: the honest run with each rule, then every attack with each rule. The
+scalar-* rules combine the sites' scalars one by one, so their arms run with shared
+perturbations (every site perturbs along the same directions); the other rules with per-site
+ones. Reported: weighted test Dice of the honest sites (the attacker's own test split is left
+out: its result is its own business), and the change against the honest run with plain
+averaging.
 Writes simulations/results/robust.{json,md}.
 """
 
@@ -29,19 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_federated import site_specs  # noqa: E402
-
-from baps_fed.aggregate import (  # noqa: E402
-    SCALAR_AGGREGATIONS,
-    ServerOptConfig,
-    ServerOptimizer,
-)
-from baps_fed.codec import pack_scalars  # noqa: E402
-from baps_fed.fm.spec import load_fm  # noqa: E402
-from baps_fed.simulate import Scenario  # noqa: E402
-from baps_fed.site_training import FedTrainConfig, LocalSite, initial_theta  # noqa: E402
-from coordinator.strategy import SiteUpload, UpdateAveraging  # noqa: E402
+from baps_fed.federation.aggregation import SCALAR_AGGREGATIONS
+from baps_fed.federation.contract import FedTrainConfig, initial_theta
+from baps_fed.federation.in_process import InProcessFederation
+from baps_fed.federation.local_site import LocalSite
+from baps_fed.federation.round_aggregator import RoundAggregator
+from baps_fed.federation.scenario import Scenario
+from baps_fed.federation.seed_upload import pack_scalars, unpack_scalars
+from baps_fed.federation.server_optimizer import ServerOptConfig, ServerOptimizer
+from baps_fed.fm.spec import load_fm
 
 ATTACKS = ("honest", "scaled", "sign-flip", "nan")
 
@@ -69,26 +66,24 @@ def run_arm(
     trim: float,
     scale: float,
 ) -> dict:
-    strategy = UpdateAveraging(
+    def tampered(name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name != attacker:
+            return arrays
+        c, scalars = unpack_scalars(arrays["scalars"].tobytes())
+        sent = tamper(scalars, attack, scale)
+        return {"scalars": np.frombuffer(pack_scalars(c, sent), np.uint8)}
+
+    aggregator = RoundAggregator(
         ServerOptimizer(ServerOptConfig()),
         initial_theta(cfg),
         train_cfg=cfg,
         aggregation=aggregation,  # type: ignore[arg-type]
         trim=trim,
     )
-    states: dict = {s.spec.name: None for s in sites}
-    privates: dict = {s.spec.name: None for s in sites}
-    for rnd in range(1, rounds + 1):
-        uploads = []
-        for s in sites:
-            r = s.train_round(strategy.theta, rnd, states[s.spec.name], privates[s.spec.name])
-            states[s.spec.name], privates[s.spec.name] = r.state, r.private
-            sent = tamper(r.scalars, attack, scale) if s.spec.name == attacker else r.scalars
-            blob = np.frombuffer(pack_scalars(r.c, sent), np.uint8)
-            uploads.append(SiteUpload(s.spec.name, {"scalars": blob}, r.metrics))
-        strategy.apply_round(rnd, uploads)
+    federation = InProcessFederation(sites, aggregator, tampered)
+    federation.run(rounds)
     honest = [s for s in sites if s.spec.name != attacker]
-    per_site = {s.spec.name: s.evaluate(strategy.theta, privates[s.spec.name]) for s in honest}
+    per_site = federation.evaluate(honest)
     w = np.array([m["num-examples"] for m in per_site.values()], float)
     dice = float(np.dot(w, [m["dice"] for m in per_site.values()]) / w.sum())
     zero = float(np.dot(w, [m["zero-shot-dice"] for m in per_site.values()]) / w.sum())
@@ -96,7 +91,7 @@ def run_arm(
         "dice": dice,
         "zero_shot": zero,
         "per_site": {n: m["dice"] for n, m in per_site.items()},
-        "failures": strategy.failures,
+        "failures": federation.failures,
     }
 
 
@@ -128,7 +123,7 @@ def main() -> None:
 
     rows: list[dict] = []
     for seed in args.seeds:
-        specs = site_specs(scenario, seed)
+        specs = scenario.site_specs(seed)
         # a LocalSite keeps no run state (the arms pass it in), so the sites serve every arm
         # of the same perturbation scheme
         variants = {}

@@ -25,14 +25,15 @@ import torch
 
 from baps_fed.data.modalities import MODALITIES, synthetic_dataset
 from baps_fed.data.splits import split_dataset
-from baps_fed.decoder import DecoderConfig, build_decoder
-from baps_fed.evaluation import evaluate_fm
+from baps_fed.evaluation.evaluate import evaluate_fm
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.spec import load_fm
 from baps_fed.fm.tiny import load_tiny_sam
-from baps_fed.oracle import train_oracle
-from baps_fed.train import StepConfig, TrainConfig, prompt_fn, train_site
-from baps_fed.zoo import SpsaConfig
+from baps_fed.method.ip_decoder import DecoderConfig, build_decoder
+from baps_fed.method.oracle import train_oracle
+from baps_fed.method.spsa import SpsaConfig
+from baps_fed.method.spsa_step import StepConfig, prompt_fn
+from baps_fed.single_site.training import TrainConfig, train_site
 
 METHODS = {
     "VP-3": DecoderConfig(preset="vp", vp_grid=1),

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from baps_fed.data.modalities import synthetic_dataset
-from baps_fed.decoder import DecoderConfig, build_decoder
-from baps_fed.fm.base import BlackboxFM
+from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.spec import load_fm
-from baps_fed.train import StepConfig, calibrate_c, spsa_step
-from baps_fed.zoo import SeedKey, SpsaConfig, SpsaState
+from baps_fed.method.ip_decoder import DecoderConfig, build_decoder
+from baps_fed.method.perturbations import SeedKey
+from baps_fed.method.spsa import SpsaConfig, SpsaState
+from baps_fed.method.spsa_step import StepConfig, calibrate_c, spsa_step
 
 
 class RecordingFM(BlackboxFM):

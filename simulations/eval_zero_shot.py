@@ -18,7 +18,7 @@ import torch
 
 from baps_fed.data.general import general_dataset
 from baps_fed.data.modalities import MODALITIES, synthetic_dataset
-from baps_fed.evaluation import evaluate_fm
+from baps_fed.evaluation.evaluate import evaluate_fm
 from baps_fed.fm.spec import load_fm
 
 GENERAL_EVAL_SEED0 = 20_000_000  # never used in pretraining (seeds 0..N) nor its hold-out

@@ -3,7 +3,7 @@
     python simulations/oracle_headroom.py --steps 150
 
 Only possible because the embedded FM is ours: a VP prompt (added in SAM-normalised space, as
-BAPS applies it) is trained by back-propagating through the FM (``baps_fed.oracle``), and
+BAPS applies it) is trained by back-propagating through the FM (``baps_fed.method.oracle``), and
 evaluated as the black box sees it (uint8). Sizes: one colour shift (3 parameters), a 3x4x4
 grid (48) and a full-resolution prompt (3x128x128). A modality where even the full prompt gains
 little is a shift prompting cannot fix; one where zero-shot is low and the oracle gains is what
@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 
 from baps_fed.data.modalities import MODALITIES, synthetic_dataset
-from baps_fed.decoder import DecoderConfig, build_decoder
-from baps_fed.evaluation import evaluate_fm
+from baps_fed.evaluation.evaluate import evaluate_fm
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.spec import load_fm
 from baps_fed.fm.tiny import load_tiny_sam
-from baps_fed.oracle import train_oracle
-from baps_fed.train import prompt_fn
+from baps_fed.method.ip_decoder import DecoderConfig, build_decoder
+from baps_fed.method.oracle import train_oracle
+from baps_fed.method.spsa_step import prompt_fn
 
 GRIDS = {"VP-3": 1, "VP-48": 4, "VP-full": 128}
 

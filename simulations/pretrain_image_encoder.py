@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baps_fed.data.general import make_general_scene
-from baps_fed.image_encoder import SmallImageEncoder
+from baps_fed.method.image_encoder import SmallImageEncoder
 
 CORPUS_SEED0 = 40_000_000  # disjoint from the FM's pretraining and evaluation scenes
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("baps_fed/weights/image_encoder.pt"))
+    ap.add_argument("--out", type=Path, default=Path("baps_fed/method/weights/image_encoder.pt"))
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)

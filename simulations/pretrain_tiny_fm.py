@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from baps_fed.data.general import make_general_scene
+from baps_fed.evaluation.metrics import dice_per_image
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.sam_builder import SAM_ARCHITECTURES, build_sam
 from baps_fed.fm.tiny import load_tiny_sam, save_tiny_weights
-from baps_fed.metrics import dice_per_image
 
 HOLDOUT_SEED0 = 10_000_000  # held-out scenes never overlap the training seeds
 

@@ -10,9 +10,11 @@ adding one means adding it here, in review.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from baps_fed.federation.contract import FedTrainConfig
+from baps_fed.federation.uploads import UploadShape, upload_shape
 
 TRAIN_METRICS = frozenset(
     {
@@ -43,35 +45,11 @@ SITE_KEYS = frozenset({"name"})
 MAX_NAME = 64
 
 
-@dataclass(frozen=True)
-class Upload:
-    """The one array a train reply may carry: its record key, exact length and dtype."""
-
-    name: str
-    size: int
-    dtype: str
-
-
-def dense(n_params: int) -> Upload:
-    """The decoder update itself: n float32 numbers."""
-    return Upload("update", n_params, "float32")
-
-
-def model(n_params: int) -> Upload:
-    """The site's decoder after the round (global + update): n float32 numbers."""
-    return Upload("theta", n_params, "float32")
-
-
-def seed_scalars(n_bytes: int) -> Upload:
-    """A seed-and-scalar upload (baps_fed/codec.py): its bytes, as uint8."""
-    return Upload("scalars", n_bytes, "uint8")
-
-
 class OutboxViolation(RuntimeError):
     """A site tried to send something outside the allow-list; nothing was sent."""
 
 
-def check_outgoing(content: RecordDict, message_type: str, upload: int | Upload) -> None:
+def check_outgoing(content: RecordDict, message_type: str, upload: int | UploadShape) -> None:
     """Raise OutboxViolation unless ``content`` holds only what a reply of this type may.
 
     ``upload``: the one array a train reply carries, by name, exact 1-D size and dtype (an int
@@ -97,7 +75,13 @@ def check_outgoing(content: RecordDict, message_type: str, upload: int | Upload)
     if kind == "train":
         if "arrays" not in content:
             raise OutboxViolation("train reply without its update")
-        _check_upload(content["arrays"], upload if isinstance(upload, Upload) else dense(upload))
+        _check_upload(content["arrays"], _shape(upload))
+
+
+def _shape(upload: int | UploadShape) -> UploadShape:
+    if isinstance(upload, UploadShape):
+        return upload
+    return upload_shape(FedTrainConfig(upload="dense"), upload)
 
 
 def _check_metrics(record: MetricRecord, keys: frozenset[str]) -> None:
@@ -116,7 +100,7 @@ def _check_site(record: ConfigRecord) -> None:
             raise OutboxViolation(f"site {key!r} must be a string of <= {MAX_NAME} characters")
 
 
-def _check_upload(record: ArrayRecord, upload: Upload) -> None:
+def _check_upload(record: ArrayRecord, upload: UploadShape) -> None:
     if set(record.keys()) != {upload.name}:
         raise OutboxViolation(
             f"arrays {sorted(record.keys())} leave a site; only {upload.name!r} may"
@@ -131,7 +115,7 @@ def _check_upload(record: ArrayRecord, upload: Upload) -> None:
         raise OutboxViolation(f"the {upload.name} is {array.dtype}; this run's is {upload.dtype}")
 
 
-def outbox_guard(upload: Callable[[Context], Upload]):
+def outbox_guard(upload: Callable[[Context], UploadShape]):
     """A ClientApp mod: every reply passes check_outgoing before it leaves the site."""
 
     def mod(msg: Message, context: Context, call_next) -> Message:

@@ -11,7 +11,7 @@ grpc://HOST:PORT[?OPTIONS]    a remote FM service (baps-fed fm serve); OPTIONS s
 
 from __future__ import annotations
 
-from baps_fed.fm.base import BlackboxFM
+from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.sam_checkpoint import load_sam_checkpoint
 from baps_fed.fm.tiny import load_tiny_sam

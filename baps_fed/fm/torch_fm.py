@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from baps_fed.fm.base import BlackboxFM
+from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.sam_batched import BatchedSam
 
 # Images per forward pass when none is given. On 2 CPU cores the tiny FM ran 3x faster in

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from baps_fed.fm.base import BlackboxFM
+from baps_fed.fm.contract import BlackboxFM
 
 
 class BatcherClosed(RuntimeError):

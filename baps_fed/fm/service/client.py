@@ -34,7 +34,8 @@ from urllib.parse import parse_qsl, urlsplit
 import grpc
 import numpy as np
 
-from baps_fed.fm.base import BlackboxFM, FMInputError
+from baps_fed.fm.contract import BlackboxFM
+from baps_fed.fm.errors import FMInputError
 from baps_fed.fm.service import codec, protos
 from baps_fed.fm.service.errors import (
     ERROR_KEY,
@@ -42,7 +43,7 @@ from baps_fed.fm.service.errors import (
     FMAuthError,
     FMMessageTooLarge,
     FMRateLimited,
-    FMServiceError,
+    FMServiceFailure,
     FMUnavailable,
     RemoteQuotaExceeded,
 )
@@ -259,7 +260,7 @@ class GrpcFM(BlackboxFM):
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return FMInputError(f"{where} rejected the query: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return FMServiceError(
+            return FMServiceFailure(
                 f"{where}: no answer within {self.options.deadline_s:g} s; raise deadline= in "
                 "the spec or send fewer images per call"
             )
@@ -268,4 +269,4 @@ class GrpcFM(BlackboxFM):
                 f"{where} unreachable after {attempts} attempts ({details}); check that "
                 "`baps-fed fm serve` runs there, the address, and the TLS settings (tls_ca=)"
             )
-        return FMServiceError(f"{where} failed: {code.name}: {details}")
+        return FMServiceFailure(f"{where} failed: {code.name}: {details}")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from baps_fed.fm.base import FMInputError
+from baps_fed.fm.errors import FMInputError
 
 # Proto enum values (baps_fed_fm.proto, DType); fixed by the .proto, so no generated import here.
 UINT8, INT32, FLOAT16, FLOAT32 = 1, 2, 3, 4

@@ -6,29 +6,33 @@ different actions, so the server names which in the ``baps-fm-error`` trailing m
 
 from __future__ import annotations
 
-from baps_fed.fm.base import QueryBudgetExceeded
+from baps_fed.fm.errors import FMError, FMRefused, FMTransientError, QueryBudgetExceeded
 
 ERROR_KEY = "baps-fm-error"  # trailing metadata: "quota" | "rate" | "message-size"
 RETRY_AFTER_KEY = "baps-fm-retry-after-s"
 
 
-class FMServiceError(RuntimeError):
+class FMServiceError(FMError):
     """A remote FM call failed; the message says why and what to do."""
 
 
-class FMAuthError(FMServiceError):
+class FMServiceFailure(FMServiceError, FMTransientError):
+    """The call failed or timed out at the service (it may pass on a retry)."""
+
+
+class FMAuthError(FMServiceError, FMRefused):
     """The service refused the token (missing, unknown or not allowed)."""
 
 
-class FMUnavailable(FMServiceError):
+class FMUnavailable(FMServiceError, FMTransientError):
     """The service could not be reached, even after the configured retries."""
 
 
-class FMMessageTooLarge(FMServiceError):
+class FMMessageTooLarge(FMServiceError, FMRefused):
     """A request or response exceeds a gRPC message-size limit."""
 
 
-class FMRateLimited(FMServiceError):
+class FMRateLimited(FMServiceError, FMTransientError):
     """The client's rate limit was still exceeded after the configured retries."""
 
 

@@ -24,7 +24,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from baps_fed.fm.base import BlackboxFM, FMInputError, QueryBudgetExceeded, validate_query
+from baps_fed.fm.contract import BlackboxFM, validate_query
+from baps_fed.fm.errors import FMInputError, QueryBudgetExceeded
 from baps_fed.fm.service import codec, protos
 from baps_fed.fm.service.batcher import BatcherClosed, BatchStats, MicroBatcher
 from baps_fed.fm.service.errors import ERROR_KEY, RETRY_AFTER_KEY

@@ -1,0 +1,28 @@
+"""The ``baps-fed`` command: one module per group of commands (single_site, federation, fm)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from baps_fed.cli import federation, fm, single_site
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="baps-fed", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for group in (single_site, federation, fm):
+        group.add_commands(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"baps-fed {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"baps-fed {args.command}: interrupted; every process it started was stopped")
+        return 130

@@ -1,0 +1,80 @@
+"""``baps-fed fm serve``: an FM as a shared black-box service (flag defaults: ``ServeConfig``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from baps_fed.federation.contract import SiteSpec
+from baps_fed.fm.service.server import ServeConfig
+
+
+def _cmd_fm_serve(args: argparse.Namespace) -> int:
+    from baps_fed.fm.service.server import serve
+
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tokens=args.tokens,
+        metering=args.metering,
+        metering_interval_s=args.metering_interval_s,
+        max_message_mb=args.max_message_mb,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        workers=args.workers,
+        grace_s=args.grace_s,
+    )
+    return serve(args.fm, config, device=args.device)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    fm = sub.add_parser("fm", help="the foundation model as a shared service")
+    fm_sub = fm.add_subparsers(dest="fm_command", required=True)
+    p = fm_sub.add_parser(
+        "serve",
+        help="serve an FM as a black box over gRPC (sites use --fm grpc://HOST:PORT)",
+        description="Serve an FM over gRPC until SIGTERM/SIGINT, then finish in-flight requests.",
+    )
+    p.add_argument(
+        "--fm", default=SiteSpec.fm, help="FM spec to serve: tiny | sam:vit_b:PATH | ..."
+    )
+    p.add_argument("--device", default="cpu", help="torch device for the FM (cpu, cuda, ...)")
+    p.add_argument("--host", default=ServeConfig.host, help="address to listen on (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=ServeConfig.port, help="0 picks a free port")
+    p.add_argument("--tls-cert", type=Path, help="PEM server certificate (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tokens",
+        type=Path,
+        help="TOML/JSON tokens file: [[client]] name, token, quota_images, rate_images_per_s "
+        "(see baps_fed/fm/service/tokens.py); without it the service is open",
+    )
+    p.add_argument("--metering", type=Path, help="per-client usage JSON (read back at start)")
+    p.add_argument("--metering-interval-s", type=float, default=ServeConfig.metering_interval_s)
+    p.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=ServeConfig.max_message_mb,
+        help="largest request/reply",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=ServeConfig.max_batch,
+        help="most images per FM call (1: off)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=ServeConfig.batch_wait_ms,
+        help="longest wait to merge requests",
+    )
+    p.add_argument(
+        "--workers", type=int, default=ServeConfig.workers, help="request-handler threads"
+    )
+    p.add_argument(
+        "--grace-s", type=float, default=ServeConfig.grace_s, help="drain time at shutdown"
+    )
+    p.set_defaults(func=_cmd_fm_serve)

@@ -1,0 +1,227 @@
+"""``baps-fed make-data | zero-shot | train | evaluate``: one site, as in the BAPS paper.
+
+Every flag's default is read from the dataclass that holds it (``TrainConfig``, ``StepConfig``,
+``SpsaConfig``, ``DecoderConfig``, ``SiteSpec``), so a default is written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from baps_fed.data.modalities import MODALITIES
+from baps_fed.federation.contract import SiteSpec
+from baps_fed.method.ip_decoder import DecoderConfig
+from baps_fed.method.spsa import GeassConfig, SpsaConfig
+from baps_fed.method.spsa_step import StepConfig
+from baps_fed.single_site.training import TrainConfig
+
+SINGLE_SITE_CASES = 400  # synthetic cases of a single-site run (train/val/test splits)
+
+
+def _cmd_make_data(args: argparse.Namespace) -> int:
+    from baps_fed.data.sources import write_synthetic_site
+
+    n = write_synthetic_site(args.modality, args.out, args.n, args.seed, args.scanner, args.size)
+    print(f"wrote {n} image/mask pairs to {args.out} (generic layout: images/ + masks/)")
+    return 0
+
+
+def _zero_shot_rows(
+    fm_spec: str, sources: list[str], n: int, seed: int, scanner: int, layout: str
+) -> list[dict]:
+    from baps_fed.data.problems import summarize_problems
+    from baps_fed.data.sources import open_source
+    from baps_fed.evaluation.evaluate import evaluate_fm
+    from baps_fed.fm.spec import load_fm
+
+    # Real images are letterboxed to the decoder's size, which training and evaluation use too.
+    size = DecoderConfig.image_size
+    datasets = [
+        open_source(s, n=n, seed=seed, scanner=scanner, layout=layout, size=size) for s in sources
+    ]
+    fm = load_fm(fm_spec)  # after the data: a wrong path should fail before any model loads
+    rows = []
+    for source, ds in zip(sources, datasets, strict=True):
+        for line in summarize_problems(ds.problems):
+            print(f"  {line}", file=sys.stderr)
+        rows.append({"data": source, **evaluate_fm(fm, ds, point_seed=seed).summary()})
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    print(f"{'data':<14} {'n':>5} {'Dice':>7} {'±':>6} {'IoU':>7} {'HD95':>7}")
+    for r in rows:
+        print(
+            f"{r['data']:<14} {r['n']:>5} {r['dice']:7.3f} {r['dice_std']:6.3f} "
+            f"{r['iou']:7.3f} {r['hd95']:7.1f}"
+        )
+
+
+def _cmd_zero_shot(args: argparse.Namespace) -> int:
+    rows = _zero_shot_rows(args.fm, args.data, args.n, args.seed, args.scanner, args.layout)
+    _print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    spsa = SpsaConfig(
+        sp_avg=args.sp_avg,
+        c=args.c,
+        lr=args.lr,
+        schedule=args.schedule,
+        beta=args.beta,
+        update=args.update,
+    )
+    step = StepConfig(
+        batch_size=args.batch, loss=args.loss, spsa=spsa, geass=GeassConfig(enabled=args.geass)
+    )
+    return TrainConfig(
+        steps=args.steps,
+        val_every=args.val_every,
+        seed=args.seed,
+        target_grey=args.target_grey,
+        step=step,
+    )
+
+
+def _open_data(args: argparse.Namespace, size: int):
+    from baps_fed.data.sources import open_source
+
+    return open_source(
+        args.data, n=args.n, seed=args.seed, scanner=args.scanner, layout=args.layout, size=size
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from baps_fed.fm.spec import load_fm
+    from baps_fed.method.ip_decoder import build_decoder, load_decoder
+    from baps_fed.single_site.run import print_comparison, run_training
+
+    last = args.out / "checkpoints" / "last.pt"
+    if args.resume and last.is_file():  # the decoder as it was trained, not as the flags say
+        decoder, _ = load_decoder(last)
+    else:
+        decoder = build_decoder(
+            DecoderConfig(
+                preset=args.preset,
+                vp_grid=args.vp_grid,
+                init_seed=args.seed,
+                image_encoder=args.image_encoder,
+            )
+        )
+    data = _open_data(args, decoder.cfg.image_size)
+    fm = load_fm(args.fm, budget_images=args.budget)
+    result, summary = run_training(
+        decoder, fm, data, _train_config(args), args.out, resume=args.resume
+    )
+    print(
+        f"stopped: {result.stopped}; FM image-queries: {result.fm_images_train} training, "
+        f"{result.fm_images_val} validation"
+    )
+    print_comparison(summary["test"])
+    print(f"run folder: {args.out} (report: {args.out / 'report.md'})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from baps_fed.fm.spec import load_fm
+    from baps_fed.single_site.run import print_comparison, run_evaluation
+
+    data = _open_data(args, DecoderConfig.image_size)
+    result = run_evaluation(args.checkpoint, load_fm(args.fm), data, args.seed, args.split)
+    print_comparison(result)
+    return 0
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    site = SiteSpec
+    p.add_argument("--data", required=True, help="synthetic modality name or a data folder")
+    p.add_argument("--layout", default=site.layout)
+    p.add_argument("--n", type=int, default=SINGLE_SITE_CASES, help="synthetic cases")
+    p.add_argument("--scanner", type=int, default=site.scanner)
+    p.add_argument("--seed", type=int, default=site.seed)
+    p.add_argument("--fm", default=site.fm)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    site, run, step, spsa = SiteSpec, TrainConfig(), StepConfig(), StepConfig().spsa
+    p = sub.add_parser("make-data", help="write a synthetic site to disk (images/ + masks/)")
+    p.add_argument("--modality", required=True, choices=MODALITIES)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n", type=int, default=site.n)
+    p.add_argument("--seed", type=int, default=site.seed)
+    p.add_argument("--scanner", type=int, default=site.scanner, help="per-site acquisition profile")
+    p.add_argument("--size", type=int, default=DecoderConfig.image_size)
+    p.set_defaults(func=_cmd_make_data)
+
+    p = sub.add_parser("zero-shot", help="Dice/IoU/HD95 of an FM with one positive point")
+    p.add_argument(
+        "--fm", default=site.fm, help="FM spec: tiny | sam:vit_b:PATH | medsam:PATH | grpc://..."
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=list(MODALITIES),
+        help="synthetic modality names, 'general', or data folders",
+    )
+    p.add_argument(
+        "--layout",
+        default=site.layout,
+        help="auto | generic | isic2018 | kvasir | busi | optic_disc",
+    )
+    p.add_argument("--n", type=int, default=site.n, help="synthetic cases per source")
+    p.add_argument("--seed", type=int, default=site.seed)
+    p.add_argument("--scanner", type=int, default=site.scanner)
+    p.add_argument("--json", type=Path, help="also write the table as JSON")
+    p.set_defaults(func=_cmd_zero_shot)
+
+    p = sub.add_parser("train", help="single-site BAPS: train the IP decoder with SPSA")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--preset", default=DecoderConfig.preset, choices=["basis", "paper", "vp"])
+    p.add_argument(
+        "--vp-grid", type=int, default=DecoderConfig.vp_grid, help="vp preset: 3 x g x g prompt"
+    )
+    p.add_argument(
+        "--image-encoder",
+        default=DecoderConfig.image_encoder,
+        help="the decoder's frozen image encoder: small (shipped) or clip:[MODEL:]PATH, CLIP's "
+        "image tower from local open_clip weights (pip install 'baps-fed[clip]')",
+    )
+    p.add_argument("--steps", type=int, default=run.steps)
+    p.add_argument("--batch", type=int, default=step.batch_size)
+    p.add_argument("--sp-avg", type=int, default=spsa.sp_avg, help="K perturbations per step")
+    p.add_argument("--update", default=spsa.update, choices=["raw", "sign", "normalized"])
+    p.add_argument("--lr", type=float, default=spsa.lr)
+    p.add_argument("--schedule", default=spsa.schedule, choices=["baps", "blackvip", "constant"])
+    p.add_argument("--beta", type=float, default=spsa.beta, help="momentum correction")
+    p.add_argument("--c", type=float, default=spsa.c, help="used when --target-grey is 0")
+    p.add_argument(
+        "--target-grey",
+        type=float,
+        default=run.target_grey,
+        help="perturbation size in grey levels at the FM input (0: use --c)",
+    )
+    p.add_argument("--loss", default=step.loss, choices=["dice", "bce", "focal"])
+    p.add_argument("--geass", action="store_true", help="SPSA-GEASS strikes")
+    p.add_argument("--val-every", type=int, default=run.val_every)
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="FM image-queries for training and validation (test counted apart)",
+    )
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="zero-shot vs a trained decoder on a test split")
+    _add_data_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.set_defaults(func=_cmd_evaluate)

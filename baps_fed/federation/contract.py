@@ -1,0 +1,186 @@
+"""The federation's contract: what every site of a run shares, and what one site round returns.
+
+``FedTrainConfig`` is the run config every site trains with; ``SiteSpec`` is one hospital's node
+config; perturbations are named by (master seed, round, site id, step), so any machine can
+replay them (``perturbation_key``). A round starts from ``start_point``: the global decoder, or
+with ``personal_keep`` > 0 a mix of it and the site's own decoder of the last round.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from baps_fed.federation.uploads import UPLOAD_KINDS
+from baps_fed.flat_config import check_keys, flat_keys, values_from_flat
+from baps_fed.method.ip_decoder import DecoderConfig, build_decoder
+from baps_fed.method.perturbations import SeedKey
+from baps_fed.method.spsa import SpsaConfig, SpsaState
+from baps_fed.method.spsa_step import TARGET_GREY, StepConfig
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Where a site's data and FM come from (a hospital's node config)."""
+
+    name: str
+    data: str  # a synthetic modality name or a data folder
+    n: int = 200  # synthetic cases (ignored for folders)
+    seed: int = 0  # synthetic data seed
+    scanner: int = 0  # synthetic acquisition profile
+    layout: str = "auto"
+    fm: str = "tiny"
+    # the site's own privacy policy (used when the run has dp on): total epsilon it will
+    # spend over the run, at its delta
+    dp_epsilon_budget: float = math.inf
+    dp_delta: float = 1e-5
+
+
+class PrivacyBudgetExhausted(RuntimeError):
+    """A site declines a round that would take it past its epsilon budget."""
+
+
+_STEP = StepConfig()  # the measured step settings: one place for their defaults
+
+
+@dataclass(frozen=True)
+class FedTrainConfig:
+    """Settings every site of a run shares (the run config); defaults are the measured ones of
+    the single-site runs: 72-parameter basis decoder, sign updates, c at 3 grey levels."""
+
+    master_seed: int = 0
+    local_steps: int = 10
+    batch_size: int = _STEP.batch_size
+    sp_avg: int = _STEP.spsa.sp_avg
+    lr: float = _STEP.spsa.lr
+    update: str = _STEP.spsa.update
+    beta: float = _STEP.spsa.beta
+    loss: str = _STEP.loss
+    target_grey: float = TARGET_GREY
+    preset: str = DecoderConfig.preset
+    vp_grid: int = DecoderConfig.vp_grid
+    # the decoder's frozen encoder; "clip:[MODEL:]PATH" needs the same weights file at that
+    # path on every site (baps_fed/method/image_encoder.py)
+    image_encoder: str = DecoderConfig.image_encoder
+    decoder_seed: int = 0
+    point_seed: int = 0  # evaluation points
+    private_head: str = "basis"  # each site's private prompt head: basis | colour | none
+    # Share of its own decoder a site keeps when a round starts: it starts from
+    # (1 - keep) * global + keep * own (0: plain FedAvg, every site starts from the global).
+    personal_keep: float = 0.0
+    # what a train reply carries: "dense" (the update), "seeds" (steps x K scalars that the
+    # coordinator replays into the update, baps_fed/codec.py) or "model" (global + update,
+    # Flower's usual form, which its central DP wrappers need: coordinator/central_dp.py)
+    upload: str = "dense"
+    # every site of a round perturbs along the same directions (zoo.SeedKey.step0), which the
+    # coordinator's scalar-median / scalar-trimmed-mean aggregations need
+    shared_perturbations: bool = False
+
+    # DP on the K loss differences of every step (baps_fed/privacy.py): clip bound C on each
+    # image's K-vector, noise multiplier, Poisson rate of each step's batch, accountant
+    dp: bool = False
+    # the median per-image K-vector norm measured on the colonoscopy- and fundus-like sites
+    # at the default c (0.21, 0.23; 90th percentile 0.39, 0.57): about half the images clipped
+    dp_clip: float = 0.25
+    dp_noise: float = 1.0
+    dp_sample_rate: float = 0.1
+    dp_accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if self.upload not in UPLOAD_KINDS:
+            raise ValueError(
+                f"upload must be one of {', '.join(UPLOAD_KINDS)}, got {self.upload!r}"
+            )
+        if not 0 <= self.personal_keep <= 1:
+            raise ValueError(f"personal-keep must be in [0, 1], got {self.personal_keep}")
+
+    def spsa_config(self, c: float) -> SpsaConfig:
+        """The SPSA-GC step rule every site runs (and a coordinator replays), at scale c."""
+        return SpsaConfig(
+            sp_avg=self.sp_avg,
+            c=c,
+            lr=self.lr,
+            schedule="constant",
+            beta=self.beta,
+            update=self.update,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def from_flat(cls, config: Mapping[str, Any], where: str | None = None) -> FedTrainConfig:
+        """From a flat dict with Flower-style keys ("local-steps") or field names; with
+        ``where`` (a table of these settings alone), any other key is an error."""
+        if where is not None:
+            check_keys(config, flat_keys(cls), where)
+        return cls(**values_from_flat(cls, config))
+
+    def decoder_config(self) -> DecoderConfig:
+        return DecoderConfig(
+            preset=self.preset,  # type: ignore[arg-type]
+            vp_grid=self.vp_grid,
+            init_seed=self.decoder_seed,
+            image_encoder=self.image_encoder,
+        )
+
+
+def site_id(name: str) -> int:
+    """A stable integer for a site's name: part of its perturbation seeds."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def perturbation_key(cfg: FedTrainConfig, server_round: int, site: int, first_step: int) -> SeedKey:
+    """The seed key of a site's round, ``first_step`` being its optimiser step at the start."""
+    step0 = first_step if cfg.shared_perturbations else None
+    return SeedKey(cfg.master_seed, server_round, site, step0)
+
+
+def initial_theta(cfg: FedTrainConfig) -> np.ndarray:
+    """The decoder every site starts from (the coordinator's round-0 global decoder)."""
+    return build_decoder(cfg.decoder_config()).get_theta()
+
+
+def start_point(theta_global: np.ndarray, personal: np.ndarray | None, keep: float) -> np.ndarray:
+    """(1 - keep) * global + keep * own: where a site's round starts (its own is None in its
+    first round)."""
+    theta = np.asarray(theta_global, np.float32)
+    if personal is None or keep == 0:
+        return theta.copy()
+    return ((1 - keep) * theta + keep * np.asarray(personal, np.float32)).astype(np.float32)
+
+
+@dataclass
+class RoundResult:
+    update: np.ndarray  # theta_end - theta_start, float32 (the shared weights only)
+    state: SpsaState  # the site's optimiser state after the round (stays at the site)
+    metrics: dict[str, float]  # aggregates only: what may leave the site
+    private: np.ndarray  # the site's private head after the round (stays at the site)
+    personal: np.ndarray  # the site's own shared-shape decoder after the round (stays)
+    privacy: list[tuple[float, float, int]]  # the accountant's history (stays; [] without DP)
+    scalars: np.ndarray  # [steps, K] float32: the K-vector of every step (seed-and-scalar form)
+    c: float  # the perturbation scale the steps used (with the scalars, replays the round)
+
+
+# what a site's node config may hold: its SiteSpec (the name as "site-name"), plus the keys
+# Flower's simulation engine gives every node
+NODE_CONFIG_KEYS = flat_keys(SiteSpec) | {"site-name", "data"}
+FLOWER_NODE_KEYS = {"partition-id", "num-partitions"}
+
+
+def spec_from_flat(
+    config: Mapping[str, Any], default_name: str, where: str = "node config"
+) -> SiteSpec:
+    """A SiteSpec from a node config (Flower keys: data, site-name, n, seed, scanner, layout,
+    fm, dp-epsilon-budget, dp-delta); an unknown key or a missing ``data`` is an error naming
+    what to set."""
+    check_keys(config, NODE_CONFIG_KEYS | FLOWER_NODE_KEYS, where)
+    if "data" not in config:
+        raise ValueError(
+            f"{where} names no data: start the site with --node-config "
+            "'data=\"/path/to/site\"' (or a synthetic modality name)"
+        )
+    name = str(config.get("site-name", default_name))
+    return SiteSpec(name=name, data=str(config["data"]), **values_from_flat(SiteSpec, config))

@@ -1,0 +1,97 @@
+"""Scenarios: the sites and run settings of a multi-site run, from a TOML file.
+
+A scenario (``simulations/scenarios/*.toml``) lists ``[[site]]`` node configs, ``rounds``, and
+``[train]`` / ``[coordinator]`` run-config tables; the command line overrides them.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from baps_fed.data.modalities import MODALITIES
+from baps_fed.federation.contract import FedTrainConfig, SiteSpec
+from baps_fed.federation.coordinator_config import CoordinatorConfig
+from baps_fed.flat_config import check_keys, flat_keys
+
+# a [[site]] table: a SiteSpec, its name under "name"
+SCENARIO_SITE_KEYS = flat_keys(SiteSpec) | {"name", "data"}
+DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "simulations/scenarios/default.toml"
+
+
+@dataclass
+class Scenario:
+    sites: list[dict[str, Any]]  # node-config tables: name, data, n, seed, scanner, fm
+    rounds: int = 6
+    train: dict[str, Any] = field(default_factory=dict)  # FedTrainConfig keys (run config)
+    coordinator: dict[str, Any] = field(default_factory=dict)  # CoordinatorConfig keys
+
+    @classmethod
+    def load(cls, path: Path) -> Scenario:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ValueError(f"scenario {path}: cannot read it ({err})") from err
+        check_keys(raw, {"site", "rounds", "train", "coordinator"}, f"scenario {path}")
+        check_keys(raw.get("train", {}), flat_keys(FedTrainConfig), f"scenario {path} [train]")
+        check_keys(
+            raw.get("coordinator", {}),
+            flat_keys(CoordinatorConfig),
+            f"scenario {path} [coordinator]",
+        )
+        sites = raw.get("site", [])
+        if not sites:
+            raise ValueError(f"scenario {path}: no [[site]] tables; list at least one site")
+        for i, s in enumerate(sites):
+            check_keys(s, SCENARIO_SITE_KEYS, f"scenario {path} [[site]] {i + 1}")
+            if "data" not in s:
+                raise ValueError(
+                    f"scenario {path}: site {i + 1} has no 'data' (modality or folder)"
+                )
+            s.setdefault("name", f"site{i}")
+        return cls(
+            sites, int(raw.get("rounds", 6)), raw.get("train", {}), raw.get("coordinator", {})
+        )
+
+    def with_site_count(self, n: int) -> Scenario:
+        """The first n sites; beyond the listed ones, more sites cycle through the modalities
+        with fresh data seeds (a bigger, still non-IID federation)."""
+        if n < 1:
+            raise ValueError(f"--sites must be >= 1, got {n}")
+        sites = [dict(s) for s in self.sites[:n]]
+        template = self.sites[-1]
+        for i in range(len(sites), n):
+            sites.append(
+                {**template, "name": f"{MODALITIES[i % len(MODALITIES)]}-{i}",
+                 "data": MODALITIES[i % len(MODALITIES)], "seed": 100 + i}
+            )  # fmt: skip
+        return Scenario(sites, self.rounds, dict(self.train), dict(self.coordinator))
+
+    def site_specs(self, data_seed: int = 0) -> list[SiteSpec]:
+        """The sites as the in-process benchmarks build them; ``data_seed`` shifts every
+        site's synthetic data seed by 1000 x data_seed (a benchmark's seeds vary the data)."""
+        return [
+            SiteSpec(
+                name=s["name"], data=s["data"], n=int(s.get("n", 200)),
+                seed=int(s.get("seed", 0)) + 1000 * data_seed, scanner=int(s.get("scanner", 0)),
+            )
+            for s in self.sites
+        ]  # fmt: skip
+
+    def run_config(self, out: Path, fm: str | None) -> dict[str, Any]:
+        # node-config keys, as a SuperNode would get them (the site's name is "site-name")
+        sites = [{("site-name" if k == "name" else k): v for k, v in s.items()} for s in self.sites]
+        if fm:
+            sites = [dict(s, fm=fm) for s in sites]
+        min_sites = min(int(self.coordinator.get("min-sites", len(sites))), len(sites))
+        return {
+            **self.train,
+            **self.coordinator,
+            "rounds": self.rounds,
+            "min-sites": min_sites,
+            "out-dir": str(out.resolve()),
+            "sites": json.dumps(sites),
+        }

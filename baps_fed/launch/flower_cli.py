@@ -1,0 +1,145 @@
+"""Run this project's Flower app with Flower's own commands (no Flower import here).
+
+``flower-superlink`` (simulation or deployment), ``flower-supernode`` and ``flwr run`` are
+started as processes in a ``ProcessGroup``; a private FLWR_HOME per run holds the connection,
+so runs never see each other's or the user's ``~/.flwr``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from baps_fed.launch.processes import ProcessGroup, flower_env, wait_http_ok
+
+CONNECTION = "baps-fed"
+
+
+def app_dir() -> Path:
+    """The folder whose pyproject.toml declares the Flower app (the repository root)."""
+    spec = importlib.util.find_spec("sites")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the 'sites' package is not importable: install baps-fed (make test)")
+    root = Path(spec.origin).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or "[tool.flwr.app]" not in pyproject.read_text():
+        raise RuntimeError(
+            f"{root}: no pyproject.toml with [tool.flwr.app]; run baps-fed from a clone "
+            "installed with 'pip install -e .' (the Makefile does this)"
+        )
+    return root
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def write_connection(home: Path, address: str, ca_cert: Path | None) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    conn: dict = {"address": address}
+    if ca_cert is None:
+        conn["insecure"] = True
+    else:
+        conn["root-certificates"] = str(ca_cert.resolve())
+    config = {"superlink": {"default": CONNECTION, CONNECTION: conn}}
+    (home / "config.toml").write_text(tomli_w.dumps(config))
+
+
+def start_superlink(
+    group: ProcessGroup,
+    home: Path,
+    port: int,
+    log: Path,
+    simulation: bool,
+    database: Path | None,
+    tls: TlsFiles | None = None,
+    node_auth: bool = False,
+    host: str = "127.0.0.1",
+    timeout_s: float = 60.0,
+) -> str:
+    """Start a SuperLink and wait until its HTTP API answers; returns its address."""
+    cmd = [str(Path(sys.executable).parent / "flower-superlink")]
+    cmd += ["--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    if simulation:
+        cmd.append("--simulation")
+    if database is not None:
+        cmd += ["--database", str(database)]
+    if tls is None:
+        if node_auth:
+            raise ValueError("node authentication needs TLS: give certificates or drop it")
+        cmd.append("--insecure")
+    else:
+        cmd += [
+            "--ssl-ca-certfile", str(tls.ca_cert),
+            "--ssl-certfile", str(tls.server_cert),
+            "--ssl-keyfile", str(tls.server_key),
+        ]  # fmt: skip
+        if node_auth:
+            cmd.append("--enable-supernode-auth")
+    proc = group.start("superlink", cmd, flower_env(home), log)
+    scheme = "http" if tls is None else "https"
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1") else host
+    wait_http_ok(f"{scheme}://{probe_host}:{port}/health", proc, timeout_s, log)
+    return f"{probe_host}:{port}"
+
+
+def flwr(home: Path, args: Sequence[str], timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+    """A short ``flwr`` CLI command (register a node, list runs) with our FLWR_HOME."""
+    cmd = [str(Path(sys.executable).parent / "flwr"), *args]
+    return subprocess.run(
+        cmd, env=flower_env(home), capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def flwr_run(
+    group: ProcessGroup,
+    home: Path,
+    run_config: dict,
+    log: Path,
+    federation_config: str | None = None,
+    echo: bool = True,
+) -> int:
+    """``flwr run APP --stream`` with the run config written to a TOML file; streams the
+    run's output to the terminal (when ``echo``) and to ``log``; returns its exit status."""
+    overrides = log.with_name("run_config.toml")
+    overrides.write_text(tomli_w.dumps(run_config))
+    cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(app_dir()), CONNECTION]
+    cmd += ["--stream", "--run-config", str(overrides)]
+    if federation_config:
+        cmd += ["--federation-config", federation_config]
+    proc = subprocess.Popen(
+        cmd,
+        env=flower_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    group.adopt("flwr run", proc, log)
+    with open(log, "a") as f:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            f.flush()
+            if echo and _worth_echoing(line):
+                print(line.rstrip(), flush=True)
+    return proc.wait()
+
+
+def _worth_echoing(line: str) -> bool:
+    """Our own progress lines and errors; Flower's and Ray's INFO chatter stays in the log."""
+    text = line.strip()
+    if not text:
+        return False
+    if "ERROR" in text or "Error" in text or "Traceback" in text:
+        return True
+    return not any(tag in text for tag in ("INFO", "WARNING", "warnings.warn", "DEBUG"))

@@ -1,0 +1,212 @@
+"""One BAPS step: SPSA-GC / GEASS on the IP decoder against a black-box FM.
+
+``spsa_step`` is one zeroth-order step (used by single-site training and by a federated site
+for its local steps): a batch, its K perturbations, ALL 2K prompted copies of the batch in
+ONE FM call, per-image losses, the [B, K] loss differences, the update. Batches, points and
+perturbations are functions of (seed, round, site, step) only, so a run resumed from a
+checkpoint takes the same next step as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from baps_fed.data.points import PointMode, sample_point
+from baps_fed.evaluation.metrics import LOSSES
+from baps_fed.fm.contract import BlackboxFM
+from baps_fed.fm.errors import FMTransientError
+from baps_fed.method.dp import DPConfig, poisson_batch, private_k_vector, secret_rng
+from baps_fed.method.ip_decoder import IPDecoder
+from baps_fed.method.perturbations import SeedKey, seed_words
+from baps_fed.method.spsa import (
+    GeassConfig,
+    SpsaConfig,
+    SpsaState,
+    StepInfo,
+    apply_update,
+    average_diffs,
+    current_c,
+    step_perturbations,
+)
+from baps_fed.method.visual_prompt import apply_prompt, grey_levels
+
+logger = logging.getLogger(__name__)
+
+
+# c is set so that it moves the prompt by this many grey levels (``calibrate_c``)
+TARGET_GREY = 3.0
+
+
+def measured_spsa() -> SpsaConfig:
+    """The step rule measured best on the synthetic modalities (docs/benchmarks.md): sign
+    updates of 0.02 at a constant rate. ``SpsaConfig``'s own defaults are the paper's rule."""
+    return SpsaConfig(lr=0.02, update="sign", schedule="constant")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    batch_size: int = 8
+    loss: str = "dice"
+    point_mode: PointMode = "uniform"
+    fm_retries: int = 2
+    spsa: SpsaConfig = field(default_factory=measured_spsa)
+    geass: GeassConfig = field(default_factory=GeassConfig)
+    # DP on the K loss differences (baps_fed/privacy.py); batches are then Poisson-sampled at
+    # dp.sample_rate and batch_size is unused
+    dp: DPConfig | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    theta: np.ndarray
+    state: SpsaState
+    info: StepInfo
+    loss: float  # mean over the batch of (L+ + L-) / 2: the loss near theta
+    fm_images: int
+    failure: str | None = None  # why the step was skipped, when it was
+    # the K-vector the update was computed from (noisy under DP): with the seeds, all that
+    # is needed to replay the step (zoo.replay)
+    k_vector: np.ndarray | None = None
+
+
+def batch_rng(key: SeedKey, step: int) -> np.random.Generator:
+    """The generator of a step's batch and points: independent of the perturbation stream
+    (same fixed-width seed words as the perturbations, plus one more word)."""
+    return np.random.default_rng(seed_words((key.master_seed, key.round, key.site, step, 0)) + [1])
+
+
+def sample_batch(
+    masks: np.ndarray, batch_size: int, rng: np.random.Generator, mode: PointMode
+) -> tuple[np.ndarray, np.ndarray]:
+    idx = rng.choice(len(masks), batch_size, replace=len(masks) < batch_size)
+    points = np.stack([sample_point(masks[i], rng, mode) for i in idx])[:, None]
+    return idx, points
+
+
+def calibrate_c(decoder: IPDecoder, target_grey: float, seed: int = 0) -> float:
+    """The c that moves the prompt by ``target_grey`` grey levels (mean |change| per pixel).
+
+    The FM sees uint8 pixels: a perturbation under half a grey level vanishes in the cast and
+    SPSA then sees L+ = L-. Measured on a fixed synthetic probe (noise images, central points),
+    so it is data-independent and every site of a federation gets the same c.
+    """
+    rng = np.random.default_rng(seed)
+    s = decoder.cfg.image_size
+    images = rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8)
+    points = np.full((4, 1, 2), s / 2, np.float32) + rng.uniform(-s / 4, s / 4, (4, 1, 2))
+    inputs = decoder.encode(images, points)
+    theta = decoder.get_theta()
+    delta = np.sign(rng.standard_normal(theta.size)).astype(np.float32) * 0.75
+    eps = 1e-2
+    change = decoder.prompts(np.stack([theta + eps * delta, theta]), inputs)
+    per_unit = np.abs(change[0] - change[1]).mean() / eps
+    if per_unit == 0:
+        raise RuntimeError("the decoder's prompt does not respond to its weights; cannot set c")
+    return float(target_grey / grey_levels(per_unit))
+
+
+def spsa_step(
+    decoder: IPDecoder,
+    fm: BlackboxFM,
+    images: np.ndarray,
+    masks: np.ndarray,
+    theta: np.ndarray,
+    state: SpsaState,
+    cfg: StepConfig,
+    key: SeedKey,
+) -> StepResult:
+    """One SPSA-GC/GEASS step on a batch of this site's data; 2K x B images in one FM call.
+
+    Under DP (``cfg.dp``) the batch is Poisson-sampled from a secret generator and the update
+    is computed from the clipped, noised K-vector alone (``privacy.private_k_vector``)."""
+    k = cfg.spsa.sp_avg
+    dp = cfg.dp
+    rng = secret_rng() if dp is not None else batch_rng(key, state.step)
+    if dp is None:
+        idx, points = sample_batch(masks, cfg.batch_size, rng, cfg.point_mode)
+    else:
+        idx = poisson_batch(len(masks), dp.sample_rate, rng)
+        points = _points(masks, idx, rng, cfg.point_mode)
+    deltas = step_perturbations(key, state, cfg.spsa, theta.size)
+    b = len(idx)
+    diffs, losses, failure, n_images = np.zeros((0, k)), np.zeros((2 * k, 0)), None, 0
+    if b:
+        batch_images, batch_masks = images[idx], masks[idx]
+        inputs = decoder.encode(batch_images, points)
+        c = current_c(state, cfg.spsa, cfg.geass)
+        thetas = np.concatenate([theta + c * deltas, theta - c * deltas]).astype(np.float32)
+        prompts = decoder.prompts(thetas, inputs)  # [2K, B, 3, S, S]
+        prompted = apply_prompt(
+            np.tile(batch_images, (2 * k, 1, 1, 1)),
+            prompts.reshape(2 * k * b, *prompts.shape[2:]),
+        )
+        n_images = len(prompted)
+        logits, failure = _query(fm, prompted, np.tile(points, (2 * k, 1, 1)), cfg.fm_retries)
+        if logits is None:
+            diffs = np.full((b, k), np.nan)
+            losses = np.full((2 * k, b), np.nan)
+        else:
+            losses = LOSSES[cfg.loss](
+                logits.reshape(2 * k, b, *logits.shape[1:]), batch_masks[None]
+            )
+            diffs = (losses[:k] - losses[k:]).T  # [B, K]: what DP clips per image
+    if dp is not None:
+        k_vector = private_k_vector(diffs, dp, dp.sample_rate * len(masks), rng, k=k)
+    else:
+        k_vector = average_diffs(diffs)
+    # float32, as a seed-and-scalar upload carries it: the site and a replay of its upload
+    # then compute the update from the very same numbers
+    k_vector = k_vector.astype(np.float32)
+    new_theta, new_state, info = apply_update(theta, k_vector, deltas, state, cfg.spsa, cfg.geass)
+    if info.skipped and failure is None:
+        failure = "every loss difference was NaN/Inf (FM returned non-finite logits)"
+    if failure:
+        logger.warning("step %d skipped: %s", state.step, failure)
+    loss = float(np.nanmean(losses)) if np.isfinite(losses).any() else float("nan")
+    return StepResult(new_theta, new_state, info, loss, n_images, failure, k_vector)
+
+
+def _points(masks: np.ndarray, idx: np.ndarray, rng: np.random.Generator, mode: PointMode):
+    if not len(idx):
+        return np.zeros((0, 1, 2), np.float32)
+    return np.stack([sample_point(masks[i], rng, mode) for i in idx])[:, None]
+
+
+def _is_transient(err: Exception) -> bool:
+    """Worth retrying: the network or the service, not the query, the budget or the caller."""
+    return isinstance(err, (ConnectionError, TimeoutError, FMTransientError))
+
+
+def _query(
+    fm: BlackboxFM, images: np.ndarray, points: np.ndarray, retries: int
+) -> tuple[np.ndarray | None, str | None]:
+    """The FM's logits, retrying transient failures; None and the reason when they persist.
+
+    A spent budget, a refused token or a malformed query is not retried: it propagates, since
+    no later step would fare better.
+    """
+    error = None
+    for _ in range(retries + 1):
+        try:
+            return fm.segment(images, points), None
+        except Exception as err:
+            if not _is_transient(err):
+                raise
+            error = f"FM call failed: {type(err).__name__}: {err}"
+            logger.warning(error)
+    return None, error
+
+
+def prompt_fn(
+    decoder: IPDecoder, theta: np.ndarray
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """images, points -> the prompted uint8 images the FM receives (for evaluation)."""
+
+    def apply(images: np.ndarray, points: np.ndarray) -> np.ndarray:
+        return apply_prompt(images, decoder.prompts(theta, decoder.encode(images, points))[0])
+
+    return apply

@@ -1,0 +1,158 @@
+"""Flower's deployment engine for real: a SuperLink and SuperNodes as processes on 127.0.0.1.
+
+Bounded in time (every wait has a timeout) and every process is stopped by PID in a
+``finally``, also when an assertion fails. Each test takes one to three minutes: a SuperNode
+starts a fresh ClientApp process per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from baps_fed.federation.checkpoint import load_checkpoint
+from baps_fed.federation.contract import FedTrainConfig, initial_theta
+from baps_fed.fm.tiny import save_tiny_weights
+from baps_fed.launch.certs import make_pilot_certs
+from baps_fed.launch.deployment import (
+    NOT_REGISTERED,
+    CoordinatorSettings,
+    SiteSettings,
+    run_coordinator,
+    start_site,
+)
+from baps_fed.launch.processes import ProcessGroup, free_port
+from tests.conftest import SMALL_ARCH
+
+RUN = {"local-steps": 1, "batch-size": 2, "sp-avg": 2, "eval-every": 2}
+
+
+@pytest.fixture
+def fm_spec(tmp_path, small_sam) -> str:
+    weights = tmp_path / "fm.pt"
+    save_tiny_weights(weights, small_sam, SMALL_ARCH, {})
+    return f"tiny:{weights}"
+
+
+def _site(name: str, data: str, fm: str, port: int, folder: Path, **tls) -> SiteSettings:
+    node_config = {"data": data, "site-name": name, "fm": fm, "n": 12, "seed": 1}
+    return SiteSettings(f"127.0.0.1:{port}", node_config, folder / name, **tls)
+
+
+def _run_in_thread(settings: CoordinatorSettings, group: ProcessGroup) -> tuple:
+    result: dict = {}
+
+    def target():
+        try:
+            result["status"] = run_coordinator(settings, group)
+        except Exception as err:  # surfaced by the test below
+            result["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s")
+
+
+def _all_stopped(pids: list[int]) -> bool:
+    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+@contextlib.contextmanager
+def _processes():
+    """The processes a test starts: all stopped by PID at the end, pass or fail; on a pass,
+    also checked to be gone (children included)."""
+    group = ProcessGroup()
+    try:
+        yield group
+    except BaseException:
+        group.stop()
+        raise
+    pids = group.pids()
+    group.stop()
+    assert _all_stopped(pids)
+
+
+def _finished(thread: threading.Thread, result: dict, what: str) -> None:
+    thread.join(timeout=420)
+    assert not thread.is_alive(), what
+    assert result.get("status") == 0, result
+
+
+def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, fm_spec):
+    certs = tmp_path / "certs"
+    make_pilot_certs(certs, [], ["hospital-a", "hospital-b", "intruder"])
+    port = free_port()
+    with _processes() as group:
+        settings = CoordinatorSettings(
+            folder=tmp_path / "coordinator", certs=certs,
+            node_keys=[certs / "nodes" / "hospital-a.pub", certs / "nodes" / "hospital-b.pub"],
+            port=port, run_config={"rounds": 2, "min-sites": 2, "round-timeout": 240.0, **RUN},
+        )  # fmt: skip
+        thread, result = _run_in_thread(settings, group)
+        # sites connect once their keys are registered (the run is submitted right after)
+        _wait_for(lambda: (settings.folder / "run_config.toml").exists(), 120, "registration")
+        for name, data in [("hospital-a", "fundus"), ("hospital-b", "ultrasound")]:
+            start_site(
+                _site(name, data, fm_spec, port, tmp_path, ca_cert=certs / "ca.crt",
+                      private_key=certs / "nodes" / name),
+                group,
+            )  # fmt: skip
+        intruder = _site("intruder", "fundus", fm_spec, port, tmp_path, ca_cert=certs / "ca.crt",
+                         private_key=certs / "nodes" / "intruder")  # fmt: skip
+        start_site(intruder, group)
+        _finished(thread, result, "the federated run did not finish within 7 minutes")
+
+    state = load_checkpoint(tmp_path / "coordinator")
+    assert state.round == 2
+    assert not np.array_equal(state.theta, initial_theta(FedTrainConfig.from_flat(RUN)))
+    history = json.loads((tmp_path / "coordinator" / "rounds.json").read_text())["history"]
+    for entry in history:
+        assert set(entry["train"]) == {"hospital-a", "hospital-b"}  # never the intruder
+        for m in entry["train"].values():
+            assert m["num-examples"] > 0 and m["fm-queries"] == 1 * 2 * 2 * 2
+    assert set(history[1]["evaluate"]) == {"hospital-a", "hospital-b"}
+    log = (tmp_path / "intruder" / "supernode.log").read_text()
+    assert "intruder" not in json.dumps(history)
+    assert NOT_REGISTERED in log, log[-3000:]  # the SuperLink refused the unregistered key
+    superlink_log = (tmp_path / "coordinator" / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in superlink_log
+
+
+def test_a_killed_site_does_not_stop_the_run(tmp_path, fm_spec):
+    port = free_port()
+    with _processes() as group:
+        start_site(_site("hospital-a", "fundus", fm_spec, port, tmp_path), group)
+        doomed = start_site(_site("hospital-b", "ultrasound", fm_spec, port, tmp_path), group)
+        settings = CoordinatorSettings(
+            folder=tmp_path / "coordinator", certs=None, node_auth=False, port=port,
+            run_config={"rounds": 2, "min-sites": 1, "round-timeout": 60.0, **RUN},
+        )  # fmt: skip
+        thread, result = _run_in_thread(settings, group)
+        log_b = tmp_path / "hospital-b" / "supernode.log"
+        _wait_for(
+            lambda: log_b.is_file() and "Receiving: train" in log_b.read_text(),
+            240,
+            "b receiving a train message",
+        )
+        group.stop_one(doomed)  # mid-round: b got its train message and dies
+        _finished(thread, result, "the run stalled after a site died")
+    history = json.loads((tmp_path / "coordinator" / "rounds.json").read_text())["history"]
+    assert [e["round"] for e in history] == [1, 2]
+    assert "hospital-a" in history[1]["train"] and "hospital-b" not in history[1]["train"]
+    assert any(e["failures"] for e in history)

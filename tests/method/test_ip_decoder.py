@@ -1,0 +1,117 @@
+"""The IP decoder: zero at step 0, exact checkpoints, prompts that survive the uint8 cast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from baps_fed.method.image_encoder import SmallImageEncoder
+from baps_fed.method.ip_decoder import DecoderConfig, IPDecoder, load_decoder, save_decoder
+from baps_fed.method.visual_prompt import apply_prompt, grey_levels
+
+
+def _decoder(preset="basis", seed=0) -> IPDecoder:
+    torch.manual_seed(seed)
+    return IPDecoder(DecoderConfig(preset=preset), SmallImageEncoder().eval(), "test-encoder")
+
+
+def _batch(b=3):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (b, 128, 128, 3), dtype=np.uint8)
+    points = rng.uniform(10, 118, (b, 1, 2)).astype(np.float32)
+    return images, points
+
+
+@pytest.mark.parametrize("preset", ["basis", "paper"])
+def test_step_zero_leaves_images_untouched(preset):
+    dec = _decoder(preset)
+    images, points = _batch()
+    prompts = dec.prompts(dec.get_theta(), dec.encode(images, points))
+    assert prompts.shape == (1, 3, 3, 128, 128)
+    assert not prompts.any()
+    np.testing.assert_array_equal(apply_prompt(images, prompts[0]), images)
+
+
+def test_preset_sizes():
+    assert _decoder("basis").num_params == 72  # 3 channels x (4 cosines + 2 bumps) x (3 + 1)
+    assert 400_000 < _decoder("paper").num_params < 600_000
+
+
+@pytest.mark.parametrize("preset", ["basis", "paper"])
+def test_batched_thetas_equal_one_at_a_time(preset):
+    dec = _decoder(preset)
+    images, points = _batch()
+    inputs = dec.encode(images, points)
+    thetas = np.random.default_rng(1).normal(0, 0.1, (4, dec.num_params)).astype(np.float32)
+    together = dec.prompts(thetas, inputs)
+    for t in range(4):
+        np.testing.assert_allclose(together[t], dec.prompts(thetas[t], inputs)[0], atol=1e-6)
+    assert np.abs(together).max() > 0
+
+
+def test_basis_bumps_follow_the_point():
+    dec = _decoder("basis")
+    theta = np.zeros(dec.num_params, np.float32)
+    coef = theta.reshape(3 * 6, 4)
+    coef[4, 0] = 1.0  # red channel, narrow bump, bias feature
+    images, points = _batch(1)
+    points[:] = [[[30.0, 90.0]]]
+    red = dec.prompts(coef.ravel(), dec.encode(images, points))[0, 0, 0]
+    y, x = np.unravel_index(red.argmax(), red.shape)
+    assert abs(x - 30) <= 1 and abs(y - 90) <= 1
+
+
+@pytest.mark.parametrize("preset", ["basis", "paper"])
+def test_checkpoint_round_trip_is_bit_exact(tmp_path, monkeypatch, preset):
+    dec = _decoder(preset)
+    theta = np.random.default_rng(2).normal(0, 0.1, dec.num_params).astype(np.float32)
+    dec.set_theta(theta)
+    path = tmp_path / "decoder.pt"
+    save_decoder(path, dec, {"step": 7})
+    monkeypatch.setattr(
+        "baps_fed.method.ip_decoder.load_image_encoder",
+        lambda _path=None: (dec.encoder, "test-encoder"),
+    )
+    loaded, extra = load_decoder(path)
+    assert extra == {"step": 7}
+    np.testing.assert_array_equal(loaded.get_theta(), theta)
+    assert torch.equal(loaded.fourier, dec.fourier)
+    images, points = _batch()
+    np.testing.assert_array_equal(
+        loaded.prompts(theta, loaded.encode(images, points)),
+        dec.prompts(theta, dec.encode(images, points)),
+    )
+
+
+def test_checkpoint_refuses_another_encoder(tmp_path, monkeypatch):
+    dec = _decoder()
+    save_decoder(tmp_path / "d.pt", dec)
+    monkeypatch.setattr(
+        "baps_fed.method.ip_decoder.load_image_encoder",
+        lambda _path=None: (dec.encoder, "other-encoder"),
+    )
+    with pytest.raises(ValueError, match="trained with image encoder test-encoder"):
+        load_decoder(tmp_path / "d.pt")
+
+
+def test_small_prompts_vanish_in_the_uint8_cast_and_larger_ones_survive():
+    images = np.full((1, 4, 4, 3), 100, np.uint8)
+    tiny = np.full((1, 3, 4, 4), 0.4 / 58.0, np.float32)  # under half a grey level
+    assert np.array_equal(apply_prompt(images, tiny), images)
+    two_levels = np.full((1, 3, 4, 4), 2 / 58.0, np.float32)
+    assert (apply_prompt(images, two_levels).astype(int) - 100 == 2).all()
+    assert grey_levels(0.05) == pytest.approx(2.9, abs=0.05)
+
+
+def test_vp_is_input_independent_and_differentiable():
+    dec = IPDecoder(DecoderConfig(preset="vp", vp_grid=1), SmallImageEncoder(), "test")
+    assert dec.num_params == 3
+    images, points = _batch()
+    theta = torch.tensor([[0.1, -0.2, 0.3]], requires_grad=True)
+    out = dec.prompt_tensor(theta, dec.encode(images, points))
+    assert out.shape == (1, 3, 3, 128, 128)
+    assert torch.allclose(out[0, 0], out[0, 2])
+    assert torch.allclose(out[0, 1, 1], torch.full((128, 128), -0.2))
+    out.sum().backward()
+    assert theta.grad is not None and (theta.grad != 0).all()
