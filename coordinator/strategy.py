@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from baps_fed.evaluation.federation_report import weighted
 from baps_fed.federation.round_aggregator import RoundAggregator
+from baps_fed.federation.site_errors import describe_error
 from baps_fed.federation.uploads import SiteUpload
 
 
@@ -42,7 +43,8 @@ class UpdateAveraging(FedAvg):
         answered = {m.metadata.src_node_id for m in replies}
         for m in replies:
             if m.has_error():
-                self.agg.failures.append(f"{phase} node {m.metadata.src_node_id}: {m.error.reason}")
+                error = describe_error(m.error.reason, m.error.code)
+                self.agg.failures.append(f"{phase} node {m.metadata.src_node_id}: {error}")
         for node in sorted(expected - answered):
             self.agg.failures.append(f"{phase} node {node}: no reply before the round timeout")
 

@@ -9,12 +9,30 @@ adding one means adding it here, in review.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.constant import ErrorCode
 
 from baps_fed.federation.contract import FedTrainConfig
+from baps_fed.federation.site_errors import (
+    error_kind,
+    error_reason,
+    is_allowed_reason,
+    new_reference,
+)
 from baps_fed.federation.uploads import UploadShape, upload_shape
+
+logger = logging.getLogger(__name__)
 
 TRAIN_METRICS = frozenset(
     {
@@ -116,12 +134,31 @@ def _check_upload(record: ArrayRecord, upload: UploadShape) -> None:
 
 
 def outbox_guard(upload: Callable[[Context], UploadShape]):
-    """A ClientApp mod: every reply passes check_outgoing before it leaves the site."""
+    """A ClientApp mod, the outermost: every reply passes check_outgoing before it leaves the
+    site, and an error leaves only as a fixed kind and a reference (``site_errors``); the
+    exception itself, with its paths and file names, stays in the site's log."""
 
     def mod(msg: Message, context: Context, call_next) -> Message:
-        reply = call_next(msg, context)
-        if not reply.has_error():
-            check_outgoing(reply.content, msg.metadata.message_type, upload(context))
-        return reply
+        try:
+            reply = call_next(msg, context)
+            if not reply.has_error():
+                check_outgoing(reply.content, msg.metadata.message_type, upload(context))
+                return reply
+            raise SiteReplyError(reply.error.reason)  # an inner mod's error: its text stays
+        except Exception as err:
+            return _error_reply(msg, err)
 
     return mod
+
+
+class SiteReplyError(RuntimeError):
+    """An error reply made inside the site (by an inner mod), re-issued as a fixed kind."""
+
+
+def _error_reply(msg: Message, err: Exception) -> Message:
+    kind, ref = error_kind(err, OutboxViolation), new_reference()
+    logger.error("%s reply failed: %s (site reference %s)", msg.metadata.message_type, kind, ref,
+                 exc_info=err)  # fmt: skip
+    reason = error_reason(kind, ref)
+    assert is_allowed_reason(reason)
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)

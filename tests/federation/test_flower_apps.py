@@ -251,7 +251,7 @@ def test_a_site_past_its_privacy_budget_declines_and_the_others_go_on(fed_setup,
     state = run_rounds(grid, context)
     for entry in state.history:
         assert set(entry["train"]) == {"b"}
-        assert any("declines" in f and "dp-epsilon-budget" in f for f in entry["failures"])
+        assert any("privacy-budget-spent" in f and "declined" in f for f in entry["failures"])
     eps = [entry["train"]["b"]["epsilon"] for entry in state.history]
     assert 0 < eps[0] < eps[1]  # privacy spent grows round by round, reported by the site
     assert "train-loss" not in state.history[0]["train"]["b"]  # not privatised: stays home
