@@ -41,6 +41,15 @@ def check_keys(config: Mapping[str, Any], valid: Iterable[str], where: str) -> N
         raise ConfigKeyError(f"{where}: unknown key {key!r}; {hint}")
 
 
+def require_positive(config: object, *names: str) -> None:
+    """Counts a run cannot do without: refuse zero or negative before anything is paid for."""
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            key = name.replace("_", "-")
+            raise ValueError(f"{key} must be a positive whole number, got {value}")
+
+
 def values_from_flat(cls: type[T], config: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict:
     """The fields of dataclass ``cls`` found in ``config`` under their name or its dashed form
     ("local-steps"), converted to the type of the field's default. Keys of other settings are

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from baps_fed.federation.contract import SiteSpec
 from baps_fed.federation.coordinator_config import CoordinatorConfig
-from baps_fed.federation.run_config import check_run_config
+from baps_fed.federation.run_config import read_run_config
 from baps_fed.federation.scenario import DEFAULT_SCENARIO
 
 
@@ -57,6 +57,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         for site in scenario.sites:
             site["n"] = args.n
     out = args.out or Path("runs") / f"simulate-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    scenario.check(out, args.fm)  # every setting, before any process starts
     print(
         f"baps-fed simulate: {len(scenario.sites)} sites, {scenario.rounds} rounds of "
         f"{scenario.train.get('local-steps', 10)} local SPSA steps; run folder {out}",
@@ -109,7 +110,7 @@ def _run_config_from_args(args: argparse.Namespace) -> dict:
         if not value:
             raise ValueError(f"--config {item!r}: expected KEY=VALUE (a run-config key)")
         config[key] = _toml_value(value)
-    check_run_config(config, "--config")  # before anything starts
+    read_run_config(config, "--config")  # every key and value, before anything starts
     return config
 
 

@@ -131,10 +131,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from baps_fed.fm.spec import load_fm
+    from baps_fed.method.ip_decoder import load_decoder
     from baps_fed.single_site.run import print_comparison, run_evaluation
 
-    data = _open_data(args, DecoderConfig.image_size)
-    result = run_evaluation(args.checkpoint, load_fm(args.fm), data, args.seed, args.split)
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint (train writes best.pt)")
+    decoder, _ = load_decoder(args.checkpoint)
+    data = _open_data(args, decoder.cfg.image_size)
+    result = run_evaluation(decoder, load_fm(args.fm), data, args.seed, args.split)
     print_comparison(result)
     return 0
 

@@ -33,6 +33,8 @@ def open_source(
     size: int | None = None,
 ) -> SegmentationDataset:
     """``size``: letterbox real images to size x size (synthetic cases are already 128 px)."""
+    if n < 1 and source in (*MODALITIES, "general"):
+        raise ValueError(f"n must be a positive whole number of synthetic cases, got {n}")
     if source in MODALITIES:
         return synthetic_dataset(source, n, seed=seed, scanner=scanner)
     if source == "general":
@@ -53,6 +55,8 @@ def write_synthetic_site(
     """Write cases in the generic layout (images/NAME.png, masks/NAME.png with 0/255)."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    if n < 1:
+        raise ValueError(f"n must be a positive whole number of cases, got {n}")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     written = 0

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from baps_fed.federation.uploads import UPLOAD_KINDS
-from baps_fed.flat_config import check_keys, flat_keys, values_from_flat
+from baps_fed.flat_config import check_keys, flat_keys, require_positive, values_from_flat
 from baps_fed.method.ip_decoder import DecoderConfig, build_decoder
 from baps_fed.method.perturbations import SeedKey
 from baps_fed.method.spsa import SpsaConfig, SpsaState
@@ -39,6 +39,9 @@ class SiteSpec:
     # spend over the run, at its delta
     dp_epsilon_budget: float = math.inf
     dp_delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        require_positive(self, "n")
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -98,6 +101,9 @@ class FedTrainConfig:
             )
         if not 0 <= self.personal_keep <= 1:
             raise ValueError(f"personal-keep must be in [0, 1], got {self.personal_keep}")
+        require_positive(self, "local_steps", "batch_size", "sp_avg")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
     def spsa_config(self, c: float) -> SpsaConfig:
         """The SPSA-GC step rule every site runs (and a coordinator replays), at scale c."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from baps_fed.federation.aggregation import AGGREGATIONS
 from baps_fed.federation.server_optimizer import ServerOptConfig
-from baps_fed.flat_config import values_from_flat
+from baps_fed.flat_config import require_positive, values_from_flat
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,7 @@ class CoordinatorConfig:
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> CoordinatorConfig:
         cfg = cls(**values_from_flat(cls, config))
-        if cfg.rounds < 1 or cfg.min_sites < 1 or cfg.eval_every < 1:
-            raise ValueError(f"rounds, min-sites and eval-every must be >= 1: {cfg}")
+        require_positive(cfg, "rounds", "min_sites", "eval_every")
         if cfg.aggregation not in AGGREGATIONS:
             raise ValueError(
                 f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {cfg.aggregation!r}"

@@ -1,10 +1,11 @@
 """The run config: one flat table of settings for a whole federation.
 
 Flower carries it to the coordinator and to every site (defaults: ``[tool.flwr.app.config]`` in
-pyproject.toml, which tests/federation/test_configuration.py holds equal to the dataclasses; overrides:
-``flwr run --run-config``, ``baps-fed coordinator --config``, a scenario's ``[train]`` and
-``[coordinator]`` tables). Its keys are the dashed fields of ``CoordinatorConfig`` and
-``FedTrainConfig``, plus ``sites`` (the simulation's node configs, as JSON).
+pyproject.toml, which tests/federation/test_configuration.py holds equal to the dataclasses;
+overrides: ``flwr run --run-config``, ``baps-fed coordinator --config``, a scenario's
+``[train]`` and ``[coordinator]`` tables). Its keys are the dashed fields of
+``CoordinatorConfig`` and ``FedTrainConfig``, plus ``sites`` (the simulation's node configs,
+as JSON).
 """
 
 from __future__ import annotations

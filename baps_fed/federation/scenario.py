@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from baps_fed.data.modalities import MODALITIES
-from baps_fed.federation.contract import FedTrainConfig, SiteSpec
+from baps_fed.federation.contract import FedTrainConfig, SiteSpec, spec_from_flat
 from baps_fed.federation.coordinator_config import CoordinatorConfig
+from baps_fed.federation.run_config import SITES_KEY, read_run_config
 from baps_fed.flat_config import check_keys, flat_keys
 
 # a [[site]] table: a SiteSpec, its name under "name"
@@ -80,6 +81,14 @@ class Scenario:
             )
             for s in self.sites
         ]  # fmt: skip
+
+    def check(self, out: Path, fm: str | None) -> None:
+        """Every setting of the run it makes, validated as the coordinator and the sites will
+        (a zero count or a bad value fails here, before any process starts)."""
+        config = self.run_config(out, fm)
+        read_run_config(config, "the scenario's run config")
+        for i, site in enumerate(json.loads(config[SITES_KEY])):
+            spec_from_flat(site, f"site{i}", where=f"the scenario's site {i + 1}")
 
     def run_config(self, out: Path, fm: str | None) -> dict[str, Any]:
         # node-config keys, as a SuperNode would get them (the site's name is "site-name")

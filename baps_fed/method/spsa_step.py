@@ -59,6 +59,10 @@ class StepConfig:
     # dp.sample_rate and batch_size is unused
     dp: DPConfig | None = None
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+
 
 @dataclass(frozen=True)
 class StepResult:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.evaluation.evaluate import evaluate_fm
+from baps_fed.flat_config import require_positive
 from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.errors import QueryBudgetExceeded
 from baps_fed.method.ip_decoder import IPDecoder, save_decoder
@@ -45,6 +46,9 @@ class TrainConfig:
     target_grey: float = TARGET_GREY  # 0: spsa.c as given
     max_failed_steps: int = 20  # consecutive skipped steps before the run gives up
     step: StepConfig = field(default_factory=StepConfig)
+
+    def __post_init__(self) -> None:
+        require_positive(self, "steps", "val_every", "max_failed_steps")
 
 
 @dataclass
