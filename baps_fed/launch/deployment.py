@@ -22,6 +22,7 @@ from baps_fed.launch.flower_cli import (
     TlsFiles,
     flwr,
     flwr_run,
+    start_fleet_gateway,
     start_superlink,
     write_connection,
 )
@@ -71,14 +72,20 @@ def run_coordinator(s: CoordinatorSettings, group: ProcessGroup | None = None) -
     own = group is None
     group = group or ProcessGroup()
     try:
+        # the SuperLink (every Flower API) on loopback; the public port is the Fleet gateway
         address = start_superlink(
-            group, home, s.port, s.folder / "superlink.log", simulation=False,
-            database=s.folder / "superlink.db", tls=tls, node_auth=s.node_auth, host=s.host,
+            group, home, free_port(), s.folder / "superlink.log", simulation=False,
+            database=s.folder / "superlink.db", tls=tls, node_auth=s.node_auth,
         )  # fmt: skip
+        start_fleet_gateway(group, address, s.host, s.port, tls, s.folder / "gateway.log")
         write_connection(home, address, tls.ca_cert if tls else None)
         auth = ", node authentication" if s.node_auth else ""
         mode = "TLS" if tls else "insecure"
-        print(f"SuperLink on {s.host}:{s.port} ({mode}{auth}); folder {s.folder}", flush=True)
+        print(
+            f"Fleet API on {s.host}:{s.port} ({mode}{auth}); the SuperLink's other APIs on "
+            f"{address} only; folder {s.folder}",
+            flush=True,
+        )
         register_nodes(home, s.node_keys)
         run_config = {"out-dir": str(s.folder.resolve()), **s.run_config}
         return flwr_run(group, home, run_config, s.folder / "run.log")

@@ -8,6 +8,7 @@ so runs never see each other's or the user's ``~/.flwr``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -90,6 +91,28 @@ def start_superlink(
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1") else host
     wait_http_ok(f"{scheme}://{probe_host}:{port}/health", proc, timeout_s, log)
     return f"{probe_host}:{port}"
+
+
+def start_fleet_gateway(
+    group: ProcessGroup,
+    upstream: str,
+    host: str,
+    port: int,
+    tls: TlsFiles | None,
+    log: Path,
+    timeout_s: float = 60.0,
+) -> None:
+    """The coordinator's public port (``fleet_gateway``): Fleet API only, forwarded to the
+    loopback SuperLink at ``upstream``; waits until it answers."""
+    cmd = [sys.executable, "-m", "baps_fed.launch.fleet_gateway", "--host", host]
+    cmd += ["--port", str(port), "--upstream", upstream]
+    if tls is not None:
+        cmd += ["--certfile", str(tls.server_cert), "--keyfile", str(tls.server_key)]
+        cmd += ["--ca-certfile", str(tls.ca_cert)]
+    proc = group.start("fleet gateway", cmd, dict(os.environ), log)
+    scheme = "http" if tls is None else "https"
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1") else host
+    wait_http_ok(f"{scheme}://{probe_host}:{port}/health", proc, timeout_s, log)
 
 
 def flwr(home: Path, args: Sequence[str], timeout_s: float = 120.0) -> subprocess.CompletedProcess:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from baps_fed.launch.deployment import (
     run_coordinator,
     start_site,
 )
+from baps_fed.launch.flower_cli import CONNECTION, flwr, write_connection
 from baps_fed.launch.processes import ProcessGroup, free_port
 from tests.conftest import SMALL_ARCH
 
@@ -94,6 +98,24 @@ def _finished(thread: threading.Thread, result: dict, what: str) -> None:
     assert result.get("status") == 0, result
 
 
+def _outsider_cannot_register_list_or_stop(home: Path, port: int, certs: Path) -> None:
+    """Someone holding only ca.crt (every hospital has it) reaches the public port with
+    Flower's own CLI: registering a key of its own, listing runs and stopping one all fail,
+    because only the Fleet API is served there."""
+    write_connection(home, f"127.0.0.1:{port}", certs / "ca.crt")
+    own_key = certs / "nodes" / "intruder.pub"  # a key nobody registered
+    for args in (["supernode", "register", str(own_key), CONNECTION], ["ls", CONNECTION],
+                 ["stop", "1", CONNECTION]):  # fmt: skip
+        done = flwr(home, args, timeout_s=60)
+        assert done.returncode != 0, (args, done.stdout, done.stderr)
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    for path in ("/v1/control/list-runs", "/v1/control/stop-run", "/v1/runtime/pull-messages"):
+        request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10, context=context)
+        assert refused.value.code == 403
+
+
 def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, fm_spec):
     certs = tmp_path / "certs"
     make_pilot_certs(certs, [], ["hospital-a", "hospital-b", "intruder"])
@@ -116,6 +138,7 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
         intruder = _site("intruder", "fundus", fm_spec, port, tmp_path, ca_cert=certs / "ca.crt",
                          private_key=certs / "nodes" / "intruder")  # fmt: skip
         start_site(intruder, group)
+        _outsider_cannot_register_list_or_stop(tmp_path / "outsider", port, certs)
         _finished(thread, result, "the federated run did not finish within 7 minutes")
 
     state = load_checkpoint(tmp_path / "coordinator")
@@ -132,6 +155,7 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
     assert NOT_REGISTERED in log, log[-3000:]  # the SuperLink refused the unregistered key
     superlink_log = (tmp_path / "coordinator" / "superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink_log
+    assert (tmp_path / "coordinator" / "gateway.log").is_file()
 
 
 def test_a_killed_site_does_not_stop_the_run(tmp_path, fm_spec):
