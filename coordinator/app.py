@@ -18,7 +18,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from baps_fed.evaluation.federation_report import write_fed_report
 from baps_fed.federation.audit import append_round, truncate_log
-from baps_fed.federation.checkpoint import CoordinatorState, load_checkpoint, save_checkpoint
+from baps_fed.federation.checkpoint import (
+    CoordinatorState,
+    check_run_folder,
+    load_checkpoint,
+    save_checkpoint,
+)
 from baps_fed.federation.contract import initial_theta
 from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.replica import SiteReplica
@@ -46,6 +51,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     check_central_dp(cfg, train_cfg)
     out = Path(cfg.out_dir)
     config = {"coordinator": asdict(cfg), "train": asdict(train_cfg)}
+    check_run_folder(out, cfg.resume, cfg.overwrite)
     if cfg.resume:
         state = load_checkpoint(out)
         if state.config["train"] != config["train"]:
@@ -57,7 +63,9 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     else:
         state = CoordinatorState(0, initial_theta(train_cfg), {}, [], config)
     out.mkdir(parents=True, exist_ok=True)
-    truncate_log(out, state.round)  # a fresh run starts a fresh audit log
+    torn = truncate_log(out, state.round)  # a fresh run starts a fresh audit log
+    if torn:
+        print(f"{out}: {torn}", flush=True)
     state.config = config
     aggregator = RoundAggregator(
         ServerOptimizer(cfg.server_optimizer(), state.optimizer),

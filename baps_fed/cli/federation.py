@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from baps_fed.federation.checkpoint import check_run_folder
 from baps_fed.federation.contract import SiteSpec
 from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.run_config import read_run_config
@@ -57,6 +58,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         for site in scenario.sites:
             site["n"] = args.n
     out = args.out or Path("runs") / f"simulate-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    check_run_folder(out, False, args.overwrite)
+    if args.overwrite:
+        scenario.coordinator["overwrite"] = True
     scenario.check(out, args.fm)  # every setting, before any process starts
     print(
         f"baps-fed simulate: {len(scenario.sites)} sites, {scenario.rounds} rounds of "
@@ -101,6 +105,7 @@ def _cmd_certs(args: argparse.Namespace) -> int:
 
 def _run_config_from_args(args: argparse.Namespace) -> dict:
     config = {"rounds": args.rounds, "min-sites": args.min_sites, "resume": args.resume}
+    config["overwrite"] = args.overwrite
     if args.local_steps is not None:
         config["local-steps"] = args.local_steps
     if args.round_timeout is not None:
@@ -128,6 +133,8 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
     if args.insecure == (args.certs is not None):
         raise ValueError("give --certs DIR (TLS, the default for pilots) or --insecure")
+    run_config = _run_config_from_args(args)
+    check_run_folder(args.out, args.resume, args.overwrite)  # before any process starts
     sigterm_as_interrupt()
     settings = CoordinatorSettings(
         folder=args.out,
@@ -136,7 +143,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         node_auth=not args.no_node_auth and not args.insecure,
         host=args.host,
         port=args.port,
-        run_config=_run_config_from_args(args),
+        run_config=run_config,
     )
     return _report_run("coordinator", run_coordinator(settings), args.out)
 
@@ -198,6 +205,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start one gRPC FM service that every site queries; stop it at the end",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace the run OUT holds")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("certs", help="CA, server certificate and node keys for a pilot")
@@ -226,6 +234,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-steps", type=int)
     p.add_argument("--round-timeout", type=float, help="seconds a round waits for replies")
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run the folder holds")
     p.add_argument(
         "--config", nargs="*", default=[], help="more run-config KEY=VALUE (see pyproject.toml)"
     )

@@ -99,10 +99,12 @@ def _open_data(args: argparse.Namespace, size: int):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from baps_fed.evaluation.run_files import check_folder
     from baps_fed.fm.spec import load_fm
     from baps_fed.method.ip_decoder import build_decoder, load_decoder
-    from baps_fed.single_site.run import print_comparison, run_training
+    from baps_fed.single_site.run import RUN_MARKERS, print_comparison, run_training
 
+    check_folder(args.out, RUN_MARKERS, args.resume, args.overwrite)  # before anything loads
     last = args.out / "checkpoints" / "last.pt"
     if args.resume and last.is_file():  # the decoder as it was trained, not as the flags say
         decoder, _ = load_decoder(last)
@@ -189,6 +191,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_data_args(p)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds")
     p.add_argument("--preset", default=DecoderConfig.preset, choices=["basis", "paper", "vp"])
     p.add_argument(
         "--vp-grid", type=int, default=DecoderConfig.vp_grid, help="vp preset: 3 x g x g prompt"

@@ -14,6 +14,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def check_folder(out: Path, markers: Sequence[str], resume: bool, overwrite: bool) -> None:
+    """A new run never replaces one by accident: a folder holding any of ``markers`` (files
+    only a run writes) is refused unless the run is resumed or the user asked to overwrite."""
+    if resume and overwrite:
+        raise ValueError("give either --resume (continue the run) or --overwrite (replace it)")
+    if resume or overwrite:
+        return
+    held = [name for name in markers if (out / name).exists()]
+    if held:
+        raise FileExistsError(
+            f"{out} holds a run ({', '.join(held)}): continue it with --resume "
+            "(resume = true), or replace it with --overwrite (overwrite = true)"
+        )
+
+
 def write_history(run_dir: Path, history: Sequence[dict]) -> None:
     keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
     with open(run_dir / "metrics.csv", "w", newline="") as f:

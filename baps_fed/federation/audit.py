@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +72,32 @@ def append_round(
     return _line_hash(text)
 
 
-def truncate_log(out: Path, last_round: int) -> None:
+def truncate_log(out: Path, last_round: int) -> str:
     """Keep the log's rounds up to ``last_round``: a restart continues after the checkpoint,
-    a fresh run (``last_round`` 0) starts an empty log."""
+    a fresh run (``last_round`` 0) starts an empty log. A last line cut short by a crash
+    mid-write is dropped and said (the return value); a damaged line before it is an error."""
     path = out / AUDIT_LOG
     if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["round"] <= last_round]
-    path.write_text("".join(ln + "\n" for ln in keep))
+        return ""
+    lines, note = path.read_text().splitlines(), ""
+    keep = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if i < len(lines):
+                raise ValueError(
+                    f"{path}: line {i} of {len(lines)} is damaged; the log cannot be continued "
+                    "(restore it, or start a new run with --overwrite)"
+                ) from None
+            note = "the audit log's last line was cut short (a crash mid-write); dropped it"
+            continue
+        if entry["round"] <= last_round:
+            keep.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+    return note
 
 
 @dataclass

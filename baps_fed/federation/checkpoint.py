@@ -9,10 +9,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from baps_fed.evaluation.run_files import check_folder
 
 CHECKPOINT = "coordinator_checkpoint.npz"
 
@@ -55,6 +58,14 @@ def save_checkpoint(out: Path, state: CoordinatorState) -> Path:
     return path
 
 
+RUN_FILES = (CHECKPOINT, "audit.jsonl", "rounds.json")  # what shows a folder holds a run
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """A new federated run never replaces one by accident (``run_files.check_run_folder``)."""
+    check_folder(out, RUN_FILES, resume, overwrite)
+
+
 def load_checkpoint(out: Path) -> CoordinatorState:
     path = out / CHECKPOINT
     if not path.is_file():
@@ -73,8 +84,16 @@ def load_checkpoint(out: Path) -> CoordinatorState:
                     k[len(prefix) :]: z[k].copy() for k in z.files if k.startswith(prefix)
                 }
             consensus = {k[5:]: z[k].copy() for k in z.files if k.startswith("cons_")}
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{path}: not a readable coordinator checkpoint ({err})") from err
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path}: not a readable coordinator checkpoint ({type(err).__name__}: {err}); it "
+            "was cut short or altered: restore it from a backup, or start a new run"
+        ) from err
+    if not np.isfinite(theta).all():
+        raise ValueError(
+            f"{path}: the checkpoint's decoder holds {int((~np.isfinite(theta)).sum())} "
+            "non-finite values; it cannot be resumed: restore it from a backup or start afresh"
+        )
     return CoordinatorState(
         meta["round"],
         theta,

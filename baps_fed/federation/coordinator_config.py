@@ -31,6 +31,7 @@ class CoordinatorConfig:
     central_dp_delta: float = 1e-5
     out_dir: str = "runs/federated"
     resume: bool = False
+    overwrite: bool = False  # start afresh in a folder that holds a run (its files replaced)
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> CoordinatorConfig:

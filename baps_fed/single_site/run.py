@@ -61,6 +61,10 @@ def example_grid(
     )
 
 
+# files only a train run writes: their presence means the folder holds a run
+RUN_MARKERS = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json")
+
+
 def run_training(
     decoder: IPDecoder,
     fm: BlackboxFM,

@@ -77,6 +77,7 @@ class Ledger:
         self._reserved: dict[str, int] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._dirty = False
+        self.changed = threading.Event()  # set with every billable change: the writer wakes
         if self.path is not None and self.path.is_file():
             self._load(self.path)
 
@@ -105,6 +106,7 @@ class Ledger:
                 if used.images + pending + n > policy.quota_images:
                     used.refused += 1
                     self._dirty = True
+                    self.changed.set()
                     raise Refused(
                         "quota",
                         f"quota of {policy.quota_images} images for client {name!r} reached "
@@ -118,6 +120,7 @@ class Ledger:
                 if wait > 0:
                     used.refused += 1
                     self._dirty = True
+                    self.changed.set()
                     raise Refused(
                         "rate",
                         f"rate limit of {rate:g} images/s for client {name!r} exceeded; "
@@ -136,6 +139,7 @@ class Ledger:
                 used.images += n
                 used.seconds += seconds
                 self._dirty = True
+                self.changed.set()
 
     def snapshot(self) -> dict[str, dict]:
         with self._lock:
@@ -163,7 +167,9 @@ class Ledger:
 
 
 class MeteringWriter:
-    """Writes the ledger every ``interval_s`` seconds from a daemon thread, and once at stop."""
+    """Writes the ledger from a daemon thread as soon as it changes (so an answer given just
+    before a crash or a kill is billed too), at least every ``interval_s`` seconds for the
+    service's statistics, and once at stop (SIGTERM/SIGINT end the service through it)."""
 
     def __init__(
         self, ledger: Ledger, interval_s: float, extra: Callable[[], dict] | None = None
@@ -180,7 +186,11 @@ class MeteringWriter:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.is_set():
+            self.ledger.changed.wait(self.interval_s)
+            self.ledger.changed.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.ledger.write(self.extra())
             except OSError as err:  # a full disk must not take the service down
@@ -188,6 +198,7 @@ class MeteringWriter:
 
     def stop(self) -> None:
         self._stop.set()
+        self.ledger.changed.set()  # wake the writer now
         if self._thread.is_alive():
             self._thread.join()
         self.ledger.write(self.extra(), force=True)
