@@ -9,6 +9,7 @@ coordinator continues after the last checkpointed round with the identical decod
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,7 @@ from baps_fed.federation.replica import SiteReplica
 from baps_fed.federation.round_aggregator import RoundAggregator
 from baps_fed.federation.run_config import read_run_config
 from baps_fed.federation.server_optimizer import ServerOptimizer
+from baps_fed.federation.site_state import RUN_KEY
 from coordinator.central_dp import CentralDP, check_central_dp
 from coordinator.strategy import UpdateAveraging
 
@@ -66,7 +68,9 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     torn = truncate_log(out, state.round)  # a fresh run starts a fresh audit log
     if torn:
         print(f"{out}: {torn}", flush=True)
-    state.config = config
+    # the run's name at the sites (their state files): kept across restarts, new for a new run
+    state.config = {**config, RUN_KEY: state.config.get(RUN_KEY) or secrets.token_hex(8)}
+    round_config = ConfigRecord({RUN_KEY: state.config[RUN_KEY]})
     aggregator = RoundAggregator(
         ServerOptimizer(cfg.server_optimizer(), state.optimizer),
         state.theta,
@@ -90,7 +94,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     for rnd in range(state.round + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
         strategy.start_round()
-        messages = list(driver.configure_train(rnd, strategy.global_arrays(), ConfigRecord(), grid))
+        messages = list(driver.configure_train(rnd, strategy.global_arrays(), round_config, grid))
         replies = _exchange(grid, strategy, messages, cfg.round_timeout, "train")
         arrays, train_metrics = driver.aggregate_train(rnd, replies)
         if central_dp:
@@ -102,7 +106,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
             logger.warning("round %d: no usable update; the global decoder is unchanged", rnd)
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             messages = list(
-                driver.configure_evaluate(rnd, strategy.global_arrays(), ConfigRecord(), grid)
+                driver.configure_evaluate(rnd, strategy.global_arrays(), round_config, grid)
             )
             strategy.aggregate_evaluate(
                 rnd, _exchange(grid, strategy, messages, cfg.round_timeout, "evaluate")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 from flwr.app import (
@@ -31,7 +32,13 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from baps_fed.federation.contract import FedTrainConfig, SiteSpec, spec_from_flat
 from baps_fed.federation.local_site import LocalSite
 from baps_fed.federation.run_config import SITES_KEY, check_run_config
-from baps_fed.federation.site_state import SiteState
+from baps_fed.federation.site_state import (
+    RUN_KEY,
+    SiteState,
+    load_site_state,
+    save_site_state,
+    state_path,
+)
 from baps_fed.federation.uploads import UploadShape, encode_upload, upload_shape
 from sites.outbox import outbox_guard
 
@@ -71,14 +78,26 @@ def _upload(context: Context) -> UploadShape:
     return upload_shape(site.cfg, site.decoder.num_params)
 
 
-def _load_state(context: Context) -> SiteState:
-    if STATE not in context.state:
-        return SiteState()
-    return SiteState.from_arrays({k: a.numpy() for k, a in context.state[STATE].items()})
+def _state_file(site: LocalSite, msg: Message) -> Path | None:
+    """This run's state file at the site (None: the site keeps its state in memory only)."""
+    run_key = msg.content["config"].get(RUN_KEY)
+    if not site.spec.state_dir or run_key is None:
+        return None
+    return state_path(Path(site.spec.state_dir), str(run_key))
 
 
-def _save_state(context: Context, state: SiteState) -> None:
+def _load_state(context: Context, path: Path | None) -> SiteState:
+    """The state of this process's last round, else the one on disk (a restarted site)."""
+    if STATE in context.state:
+        return SiteState.from_arrays({k: a.numpy() for k, a in context.state[STATE].items()})
+    saved = load_site_state(path) if path is not None else None
+    return saved or SiteState()
+
+
+def _save_state(context: Context, state: SiteState, path: Path | None) -> None:
     context.state[STATE] = ArrayRecord({k: Array(v) for k, v in state.to_arrays().items()})
+    if path is not None:
+        save_site_state(path, state)
 
 
 def _theta(msg: Message) -> np.ndarray:
@@ -104,8 +123,9 @@ def train(msg: Message, context: Context) -> Message:
     site = local_site(context)
     server_round = int(msg.content["config"]["server-round"])
     theta = _theta(msg)
-    result = site.train_from(theta, server_round, _load_state(context))
-    _save_state(context, SiteState.after(result))  # stays here, never sent
+    path = _state_file(site, msg)
+    result = site.train_from(theta, server_round, _load_state(context, path))
+    _save_state(context, SiteState.after(result), path)  # stays here, never sent
     logger.info("site %s round %d: %s", site.spec.name, server_round, result.metrics)
     arrays = encode_upload(site.cfg.upload, theta, result)
     content = RecordDict(
@@ -121,7 +141,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     site = local_site(context)
-    metrics = site.evaluate_from(_theta(msg), _load_state(context))
+    metrics = site.evaluate_from(_theta(msg), _load_state(context, _state_file(site, msg)))
     content = RecordDict(
         {"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site.spec.name})}
     )

@@ -159,6 +159,8 @@ def _cmd_site(args: argparse.Namespace) -> int:
     node_config["layout"] = args.layout
     # this hospital's privacy policy, used when the run turns DP on
     node_config |= {"dp-epsilon-budget": args.dp_epsilon_budget, "dp-delta": args.dp_delta}
+    # its state between rounds, one file per run: a restarted site continues from it
+    node_config["state-dir"] = str((args.out / "state").resolve())
     settings = SiteSettings(
         superlink=args.superlink,
         node_config=node_config,
@@ -260,7 +262,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dp-delta", type=float, default=site.dp_delta, help="this site's DP delta")
     p.add_argument("--port", type=int, default=0, help="local SuperNode API port (0: free)")
-    p.add_argument("--out", type=Path, default=Path("runs/site"), help="logs folder")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/site"), help="logs and the site's state (state/)"
+    )
     p.set_defaults(func=_cmd_site)
 
     p = sub.add_parser("audit", help="rebuild a run's decoder from its audit log and check it")

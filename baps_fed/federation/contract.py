@@ -39,6 +39,9 @@ class SiteSpec:
     # spend over the run, at its delta
     dp_epsilon_budget: float = math.inf
     dp_delta: float = 1e-5
+    # where the site keeps its state between rounds, one file per run ("": in memory only,
+    # as in a simulation); `baps-fed site` sets it to its --out folder's state/
+    state_dir: str = ""
 
     def __post_init__(self) -> None:
         require_positive(self, "n")

@@ -2,12 +2,19 @@
 decoder and privacy ledger.
 
 One stored form (``to_arrays``: a flat dict of numpy arrays) serves every carrier: the Flower
-ClientApp's ``context.state``, the in-process federation, a file on the site's disk.
+ClientApp's ``context.state``, the in-process federation, and a file on the site's disk
+(``save_site_state``), one per run, written atomically after every round and readable by the
+site's user only. A restarted site continues from it: its SPSA step count, private head and own
+decoder, and its privacy ledger, so the epsilon it has spent is never forgotten.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -51,3 +58,45 @@ class SiteState:
             arrays.get("personal"),
             None if privacy is None else [(s, q, int(n)) for s, q, n in privacy],
         )
+
+
+RUN_KEY = "run-key"  # the coordinator's name for its run, sent with every message
+_RUN_KEY_FORM = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def state_path(state_dir: Path, run_key: str) -> Path:
+    """The site's state file for one run; the key comes from the coordinator, so it is checked
+    before it names a file."""
+    if not _RUN_KEY_FORM.match(run_key):
+        raise ValueError(f"run key {run_key!r} is not a hex name; refusing it as a file name")
+    return Path(state_dir) / f"run-{run_key}.npz"
+
+
+def save_site_state(path: Path, state: SiteState) -> None:
+    """Atomically (a crash leaves the last round's file) and readable by the site only."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **state.to_arrays())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_site_state(path: Path) -> SiteState | None:
+    """The state a site saved for this run (None when it has none). A damaged file is refused:
+    continuing without it would forget the epsilon already spent."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return SiteState.from_arrays({k: z[k] for k in z.files})
+    except Exception as err:
+        raise ValueError(
+            f"{path}: the site's saved state is unreadable ({type(err).__name__}); the site "
+            "will not continue without its privacy ledger: restore the file, or move it away "
+            "to start this run over at this site"
+        ) from err

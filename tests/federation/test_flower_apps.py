@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from baps_fed.cli import main
 from baps_fed.federation.aggregation import (
@@ -33,12 +32,6 @@ from tests.conftest import SMALL_ARCH
 from tests.flower_loopback import LoopbackGrid
 
 DIM = 72  # the basis decoder's parameters
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Flower 1.42 needs a task identity to build Messages outside a run."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
 # -- aggregation --------------------------------------------------------------------------------

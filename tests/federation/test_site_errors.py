@@ -9,7 +9,6 @@ import logging
 import pytest
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
-from flwr.supercore.task_identity import TaskIdentity
 
 from baps_fed.data.sample import DatasetError
 from baps_fed.federation.contract import PrivacyBudgetExhausted
@@ -31,12 +30,6 @@ from tests.conftest import SMALL_ARCH
 from tests.flower_loopback import LoopbackGrid
 
 PATIENT = "DOE_JOHN_19700101"  # a planted patient file name
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Flower 1.42 needs a task identity to build Messages outside a run."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,85 @@
+"""A site's state lives on its disk, per run: a restarted site (fresh process, empty
+context.state) continues its SPSA step count, private head and privacy ledger, and a
+coordinator restarted with --resume then reaches the uninterrupted run's decoder bit for bit."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+
+from baps_fed.federation.site_state import SiteState, load_site_state, save_site_state, state_path
+from baps_fed.fm.tiny import save_tiny_weights
+from coordinator.app import run_rounds
+from sites.app import app as client_app
+from tests.conftest import SMALL_ARCH
+from tests.flower_loopback import LoopbackGrid
+
+
+@pytest.fixture
+def federation(tmp_path, small_sam):
+    weights = tmp_path / "fm.pt"
+    save_tiny_weights(weights, small_sam, SMALL_ARCH, {})
+
+    def make(rounds: int, out, state_root, resume: bool = False, **extra):
+        sites = [
+            {"data": "fundus", "site-name": "a", "n": 16, "seed": 1, "fm": f"tiny:{weights}",
+             "state-dir": str(state_root / "a")},
+            {"data": "ultrasound", "site-name": "b", "n": 24, "seed": 2,
+             "fm": f"tiny:{weights}", "state-dir": str(state_root / "b")},
+        ]  # fmt: skip
+        run_config = {
+            "rounds": rounds, "min-sites": 1, "local-steps": 2, "batch-size": 2, "sp-avg": 2,
+            "out-dir": str(out), "resume": resume, "sites": json.dumps(sites), **extra,
+        }  # fmt: skip
+        # a new grid is a fresh SuperNode process per site: its context.state is empty
+        grid = LoopbackGrid(client_app, {11: {"partition-id": 0}, 12: {"partition-id": 1}},
+                            run_config)  # fmt: skip
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                          run_config=run_config)  # fmt: skip
+        return grid, context
+
+    return make
+
+
+def test_restarted_sites_and_coordinator_reach_the_uninterrupted_decoder(federation, tmp_path):
+    whole = run_rounds(*federation(3, tmp_path / "whole", tmp_path / "whole-sites"))
+    run_rounds(*federation(1, tmp_path / "cut", tmp_path / "cut-sites"))
+    # everything restarts: the coordinator with --resume, every site with an empty memory
+    resumed = run_rounds(*federation(3, tmp_path / "cut", tmp_path / "cut-sites", resume=True))
+    np.testing.assert_array_equal(resumed.theta, whole.theta)
+    for r, w in zip(resumed.history, whole.history, strict=True):
+        assert r["train"]["a"]["spsa-step"] == w["train"]["a"]["spsa-step"]
+    assert resumed.history[1]["train"]["a"]["spsa-step"] == 2  # it went on, not from 0
+    files = list((tmp_path / "cut-sites" / "a").iterdir())
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "cut-sites" / "a").stat().st_mode) == 0o700
+
+
+def test_a_restarted_site_keeps_spending_epsilon(federation, tmp_path):
+    dp = {"dp": True}
+    whole = run_rounds(*federation(2, tmp_path / "whole", tmp_path / "whole-sites", **dp))
+    run_rounds(*federation(1, tmp_path / "cut", tmp_path / "cut-sites", **dp))
+    resumed = run_rounds(
+        *federation(2, tmp_path / "cut", tmp_path / "cut-sites", resume=True, **dp)
+    )
+    first, second = (e["train"]["b"]["epsilon"] for e in resumed.history)
+    assert 0 < first < second  # the ledger went on from round 1's spending
+    assert second == pytest.approx(whole.history[1]["train"]["b"]["epsilon"])
+
+
+def test_a_new_run_gets_new_state_and_a_damaged_file_is_refused(tmp_path):
+    state = SiteState(private=np.ones(3, np.float32), privacy=[(1.0, 0.1, 8)])
+    path = state_path(tmp_path / "site", "0123456789abcdef")
+    save_site_state(path, state)
+    loaded = load_site_state(path)
+    assert loaded is not None and loaded.privacy == [(1.0, 0.1, 8)]
+    assert load_site_state(state_path(tmp_path / "site", "fedcba9876543210")) is None
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="privacy ledger"):
+        load_site_state(path)
+    with pytest.raises(ValueError, match="not a hex name"):
+        state_path(tmp_path, "../../etc/passwd")
