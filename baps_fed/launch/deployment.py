@@ -48,11 +48,17 @@ def tls_files(certs: Path) -> TlsFiles:
     return files
 
 
+ALREADY_REGISTERED = "already in use"  # Flower's answer for a key its database holds
+
+
 def register_nodes(home: Path, keys: list[Path]) -> None:
     for key in keys:
         if not key.is_file():
             raise FileNotFoundError(f"{key}: no such public key (baps-fed certs writes NAME.pub)")
         result = flwr(home, ["supernode", "register", str(key.resolve()), CONNECTION])
+        if result.returncode != 0 and ALREADY_REGISTERED in result.stdout + result.stderr:
+            print(f"{key.name} is registered already (a resumed run)", flush=True)
+            continue
         if result.returncode != 0:
             raise RuntimeError(
                 f"registering {key} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"

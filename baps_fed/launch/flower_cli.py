@@ -17,7 +17,13 @@ from pathlib import Path
 
 import tomli_w
 
-from baps_fed.launch.processes import ProcessGroup, flower_env, wait_http_ok
+from baps_fed.launch.processes import (
+    ProcessGroup,
+    child_options,
+    flower_env,
+    require_free_port,
+    wait_http_ok,
+)
 
 CONNECTION = "baps-fed"
 
@@ -68,6 +74,7 @@ def start_superlink(
     timeout_s: float = 60.0,
 ) -> str:
     """Start a SuperLink and wait until its HTTP API answers; returns its address."""
+    require_free_port(host, port)
     cmd = [str(Path(sys.executable).parent / "flower-superlink")]
     cmd += ["--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
     if simulation:
@@ -104,6 +111,7 @@ def start_fleet_gateway(
 ) -> None:
     """The coordinator's public port (``fleet_gateway``): Fleet API only, forwarded to the
     loopback SuperLink at ``upstream``; waits until it answers."""
+    require_free_port(host, port)
     cmd = [sys.executable, "-m", "baps_fed.launch.fleet_gateway", "--host", host]
     cmd += ["--port", str(port), "--upstream", upstream]
     if tls is not None:
@@ -145,7 +153,7 @@ def flwr_run(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
+        **child_options(),
     )
     group.adopt("flwr run", proc, log)
     with open(log, "a") as f:

@@ -3,7 +3,8 @@
 Every process is started in its own session and remembered by PID; stopping it also stops
 every descendant it started (Flower's SuperExec, ServerApp, simulation and Ray workers), by
 PID, never by a name pattern. ``ProcessGroup`` is a context manager, so an error or Ctrl-C
-in the caller still stops everything.
+in the caller still stops everything; and on Linux each process is told to stop when the one
+that started it dies, SIGKILL included (``die_with_parent``), so none is left running headless.
 """
 
 from __future__ import annotations
@@ -20,11 +21,43 @@ from pathlib import Path
 
 import psutil
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Run in the child before exec: Linux sends it SIGTERM when its parent dies (even by
+    SIGKILL), so it shuts down as on Ctrl-C and takes its own children with it."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def child_options() -> dict:
+    """Popen options of every process we start: its own session, and it dies with us."""
+    options: dict = {"start_new_session": True}
+    if sys.platform.startswith("linux"):
+        options["preexec_fn"] = die_with_parent
+    return options
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Refuse a port something already serves: a readiness check would take the other
+    process's answer for ours (an earlier coordinator still running, say)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise RuntimeError(
+                f"{host}:{port} is already in use by another process ({err.strerror}): stop it "
+                "(an earlier coordinator still running?) or choose another --port"
+            ) from None
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -55,7 +88,7 @@ class ProcessGroup:
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
         try:
             proc = subprocess.Popen(
-                list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, **child_options()
             )
         finally:
             if log:

@@ -1,0 +1,70 @@
+"""A coordinator killed with SIGKILL leaves no process behind, and a second coordinator on a
+port that is still served is refused instead of taking the other's answers for its own.
+
+Real processes on 127.0.0.1, bounded in time; every process is stopped by PID at the end."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from baps_fed.launch.processes import free_port
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
+def _coordinator(out, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "baps_fed.cli", "coordinator", "--insecure", "--no-node-auth",
+        "--out", str(out), "--port", str(port), "--rounds", "1", "--min-sites", "1",
+    ]  # fmt: skip
+
+
+def test_a_sigkilled_coordinator_leaves_no_process_and_a_served_port_is_refused(tmp_path):
+    port, out = free_port(), tmp_path / "coordinator"
+    log = open(tmp_path / "coordinator.log", "wb")  # noqa: SIM115
+    first = subprocess.Popen(_coordinator(out, port), stdout=log, stderr=subprocess.STDOUT)
+    started: list[psutil.Process] = []
+    try:
+        # the run is submitted (it then waits for sites): SuperLink, gateway, flwr run are up
+        _wait(lambda: (out / "run_config.toml").is_file(), 120, "the coordinator's start")
+        _wait(lambda: len(psutil.Process(first.pid).children()) >= 3, 30, "its processes")
+        started = psutil.Process(first.pid).children(recursive=True)
+
+        second = subprocess.run(
+            _coordinator(tmp_path / "second", port), capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 2
+        assert f"127.0.0.1:{port} is already in use" in second.stderr
+
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        _wait(lambda: not _alive(started), 60, "every process it started to stop")
+    finally:
+        log.close()
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=10)
+        for p in _alive(started):
+            p.kill()
