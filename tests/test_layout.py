@@ -96,7 +96,7 @@ ALLOWED = {
     "data": set(),
     "evaluation": {"fm", "data"},
     "method": {"fm", "data", "evaluation"},
-    "single_site": {"fm", "data", "evaluation", "method"},
+    "single_site": {"fm", "data", "evaluation", "method", "flat_config"},
     "federation": {"fm", "data", "evaluation", "method", "flat_config"},
     "launch": {"federation"},
 }

@@ -17,7 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    # the flags the user typed (a resumed run compares only those with what it ran with)
+    args.given_flags = {a.split("=")[0] for a in argv if a.startswith("--")}
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as err:

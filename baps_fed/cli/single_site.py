@@ -30,7 +30,13 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def _zero_shot_rows(
-    fm_spec: str, sources: list[str], n: int, seed: int, scanner: int, layout: str
+    fm_spec: str,
+    sources: list[str],
+    n: int,
+    seed: int,
+    scanner: int,
+    layout: str,
+    budget: int | None = None,
 ) -> list[dict]:
     from baps_fed.data.problems import summarize_problems
     from baps_fed.data.sources import open_source
@@ -42,12 +48,17 @@ def _zero_shot_rows(
     datasets = [
         open_source(s, n=n, seed=seed, scanner=scanner, layout=layout, size=size) for s in sources
     ]
-    fm = load_fm(fm_spec)  # after the data: a wrong path should fail before any model loads
+    # after the data: a wrong path should fail before any model loads
+    fm = load_fm(fm_spec, budget_images=budget)
     rows = []
     for source, ds in zip(sources, datasets, strict=True):
         for line in summarize_problems(ds.problems):
             print(f"  {line}", file=sys.stderr)
-        rows.append({"data": source, **evaluate_fm(fm, ds, point_seed=seed).summary()})
+        scores = evaluate_fm(fm, ds, point_seed=seed, keep_partial=True)
+        rows.append({"data": source, **scores.summary()})
+        if scores.stopped:  # a spent budget or quota: keep and report what was scored
+            rows[-1]["stopped"] = f"{len(scores.names)} of {len(ds)} images: {scores.stopped}"
+            break
     return rows
 
 
@@ -61,8 +72,13 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def _cmd_zero_shot(args: argparse.Namespace) -> int:
-    rows = _zero_shot_rows(args.fm, args.data, args.n, args.seed, args.scanner, args.layout)
+    rows = _zero_shot_rows(
+        args.fm, args.data, args.n, args.seed, args.scanner, args.layout, args.budget
+    )
     _print_table(rows)
+    for row in rows:
+        if "stopped" in row:
+            print(f"stopped at {row['data']} after {row['stopped']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -90,6 +106,49 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+# flag -> where a resumed run's checkpoint holds its value (train config path, or decoder field)
+_RUN_SETTINGS = {
+    "--lr": ("step", "spsa", "lr"),
+    "--sp-avg": ("step", "spsa", "sp_avg"),
+    "--update": ("step", "spsa", "update"),
+    "--schedule": ("step", "spsa", "schedule"),
+    "--beta": ("step", "spsa", "beta"),
+    "--batch": ("step", "batch_size"),
+    "--loss": ("step", "loss"),
+    "--geass": ("step", "geass", "enabled"),
+    "--target-grey": ("target_grey",),
+    "--val-every": ("val_every",),
+    "--seed": ("seed",),
+    "--preset": ("decoder", "preset"),
+    "--vp-grid": ("decoder", "vp_grid"),
+    "--image-encoder": ("decoder", "image_encoder"),
+}
+
+
+def _refuse_changed_settings(args: argparse.Namespace, saved: dict, dec_cfg) -> None:
+    """``--resume`` continues a run as it was trained: a flag given with another value than
+    the run used is refused, naming each (``--steps`` may extend the run)."""
+    changed = []
+    for flag, path in _RUN_SETTINGS.items():
+        if flag not in args.given_flags:
+            continue
+        if path[0] == "decoder":
+            used = getattr(dec_cfg, path[1])
+        else:
+            used = saved
+            for key in path:
+                used = used[key]
+        given = getattr(args, flag[2:].replace("-", "_"))
+        if given != used:
+            changed.append(f"{flag} {given} (the run used {used})")
+    if changed:
+        raise ValueError(
+            "--resume continues the run with its own settings; these differ: "
+            + "; ".join(changed)
+            + ". Drop them, or start a new run (--overwrite or another --out)"
+        )
+
+
 def _open_data(args: argparse.Namespace, size: int):
     from baps_fed.data.sources import open_source
 
@@ -107,7 +166,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     check_folder(args.out, RUN_MARKERS, args.resume, args.overwrite)  # before anything loads
     last = args.out / "checkpoints" / "last.pt"
     if args.resume and last.is_file():  # the decoder as it was trained, not as the flags say
-        decoder, _ = load_decoder(last)
+        decoder, extra = load_decoder(last)
+        _refuse_changed_settings(args, extra["train_config"], decoder.cfg)
     else:
         decoder = build_decoder(
             DecoderConfig(
@@ -123,10 +183,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         decoder, fm, data, _train_config(args), args.out, resume=args.resume
     )
     print(
-        f"stopped: {result.stopped}; FM image-queries: {result.fm_images_train} training, "
+        f"stopped: {summary['stopped']}; FM image-queries: {result.fm_images_train} training, "
         f"{result.fm_images_val} validation"
     )
-    print_comparison(summary["test"])
+    if summary["test"] is not None:
+        print_comparison(summary["test"])
     print(f"run folder: {args.out} (report: {args.out / 'report.md'})")
     return 0
 
@@ -185,6 +246,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=site.seed)
     p.add_argument("--scanner", type=int, default=site.scanner)
     p.add_argument("--json", type=Path, help="also write the table as JSON")
+    p.add_argument("--budget", type=int, default=None, help="most FM image-queries to spend")
     p.set_defaults(func=_cmd_zero_shot)
 
     p = sub.add_parser("train", help="single-site BAPS: train the IP decoder with SPSA")

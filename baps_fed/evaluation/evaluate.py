@@ -16,6 +16,7 @@ from baps_fed.data.points import PointMode, sample_point
 from baps_fed.data.sample import Sample, SegmentationDataset
 from baps_fed.evaluation.metrics import dice_per_image, hd95_per_image, iou_per_image
 from baps_fed.fm.contract import BlackboxFM
+from baps_fed.fm.errors import QueryBudgetExceeded
 
 # (images uint8 [B,H,W,3], points [B,1,2]) -> prompted images uint8 [B,H,W,3]
 PromptFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -27,8 +28,12 @@ class Scores:
     dice: np.ndarray
     iou: np.ndarray
     hd95: np.ndarray
+    stopped: str = ""  # why the evaluation ended before the last image ("": it did not)
 
     def summary(self) -> dict[str, float]:
+        if not self.names:
+            nan = float("nan")
+            return {"n": 0, "dice": nan, "dice_std": nan, "iou": nan, "hd95": nan}
         return {
             "n": len(self.names),
             "dice": float(self.dice.mean()),
@@ -62,18 +67,28 @@ def evaluate_fm(
     point_mode: PointMode = "uniform",
     batch_size: int = 32,
     prompt: PromptFn | None = None,
+    keep_partial: bool = False,
 ) -> Scores:
-    """One positive point per image; Dice after thresholding the FM's logits at 0 (p = 0.5)."""
-    names, dice, iou, hd = [], [], [], []
+    """One positive point per image; Dice after thresholding the FM's logits at 0 (p = 0.5).
+    With ``keep_partial`` a spent query budget ends it with the images scored so far."""
+    names, dice, iou, hd, stopped = [], [], [], [], ""
     for chunk in _same_shape_chunks(list(dataset), batch_size):
         images = np.stack([s.image for s in chunk])
         masks = np.stack([s.mask for s in chunk])
         points = np.stack([prompt_point(s, point_seed, point_mode) for s in chunk])[:, None]
         if prompt is not None:
             images = prompt(images, points)
-        pred = fm.segment(images, points) > 0
+        try:
+            pred = fm.segment(images, points) > 0
+        except QueryBudgetExceeded as err:
+            if not keep_partial:
+                raise
+            stopped = str(err)
+            break
         names += [s.name for s in chunk]
         dice.append(dice_per_image(pred, masks))
         iou.append(iou_per_image(pred, masks))
         hd.append(hd95_per_image(pred, masks))
-    return Scores(names, np.concatenate(dice), np.concatenate(iou), np.concatenate(hd))
+    if not names:
+        return Scores([], np.zeros(0), np.zeros(0), np.zeros(0), stopped)
+    return Scores(names, np.concatenate(dice), np.concatenate(iou), np.concatenate(hd), stopped)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from baps_fed.fm.contract import BlackboxFM
+from baps_fed.fm.errors import FMInputError
 from baps_fed.fm.sam_batched import BatchedSam
 
 # Images per forward pass when none is given. On 2 CPU cores the tiny FM ran 3x faster in
@@ -35,8 +36,19 @@ class TorchSamFM(BlackboxFM):
     def img_size(self) -> int:
         return self.model.img_size
 
+    def check_shape(self, h: int, w: int) -> None:
+        """SAM scales the longest side to its input size: an image so thin that its short side
+        would vanish cannot be answered (the query's fault, not the FM's)."""
+        rh, rw = self.model.resized_shape(h, w)
+        if min(rh, rw) < 1:
+            raise FMInputError(
+                f"a {w}x{h} image scales to {rw}x{rh} at this FM's {self.img_size} px input: "
+                "its short side vanishes; pad or crop it to a less extreme aspect ratio"
+            )
+
     @torch.inference_mode()
     def _segment(self, images: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        self.check_shape(*images.shape[1:3])
         out = []
         for i in range(0, images.shape[0], self.max_batch):
             x = torch.from_numpy(images[i : i + self.max_batch]).to(self.device)

@@ -16,6 +16,7 @@ from baps_fed.data.splits import split_dataset
 from baps_fed.evaluation.evaluate import evaluate_fm, prompt_point
 from baps_fed.evaluation.run_files import plot_dice, plot_examples, write_history, write_json
 from baps_fed.fm.contract import BlackboxFM
+from baps_fed.fm.errors import QueryBudgetExceeded
 from baps_fed.method.ip_decoder import IPDecoder
 from baps_fed.method.spsa_step import prompt_fn
 from baps_fed.single_site.training import TrainConfig, TrainResult, train_site
@@ -96,16 +97,18 @@ def run_training(
         },
     )
     budget, fm.budget_images = fm.budget_images, None
-    before = fm.meter.images
+    before, stopped, test = fm.meter.images, result.stopped, None
     try:
         test = compare_on_test(decoder, result.theta, fm, splits["test"], result.config.seed)
         example_grid(
             run_dir / "examples.png", decoder, result.theta, fm, splits["test"], result.config.seed
         )
+    except QueryBudgetExceeded as err:  # a remote quota: the trained decoder is kept all the same
+        stopped += f"; the test comparison was not finished: {err}"
     finally:
         fm.budget_images = budget
     summary = {
-        "stopped": result.stopped,
+        "stopped": stopped,
         "best_val_dice": result.best_val_dice,
         "zero_shot_val_dice": result.zero_shot_val_dice,
         "fm_images_train": result.fm_images_train,
@@ -124,7 +127,18 @@ def write_report(
     run_dir: Path, summary: dict, decoder: IPDecoder, fm: BlackboxFM, data: SegmentationDataset
 ) -> None:
     t = summary["test"]
-    z, p = t["zero_shot"], t["prompted"]
+    table = ["The test comparison was not finished (see Stopped).", ""]
+    if t is not None:
+        z, p = t["zero_shot"], t["prompted"]
+        table = [
+            "| test split | n | Dice | IoU | HD95 px |",
+            "|---|---|---|---|---|",
+            f"| zero-shot | {z['n']} | {z['dice']:.3f} | {z['iou']:.3f} | {z['hd95']:.1f} |",
+            f"| prompted (best on val) | {p['n']} | {p['dice']:.3f} | {p['iou']:.3f} | "
+            f"{p['hd95']:.1f} |",
+            "",
+            f"Dice gain: {t['gain_dice']:+.3f}.",
+        ]
     lines = [
         f"# BAPS single-site run: {data.name}",
         "",
@@ -133,14 +147,9 @@ def write_report(
         f"FM image-queries: {summary['fm_images_train']} training, {summary['fm_images_val']} "
         "validation.",
         "",
-        "| test split | n | Dice | IoU | HD95 px |",
-        "|---|---|---|---|---|",
-        f"| zero-shot | {z['n']} | {z['dice']:.3f} | {z['iou']:.3f} | {z['hd95']:.1f} |",
-        f"| prompted (best on val) | {p['n']} | {p['dice']:.3f} | {p['iou']:.3f} | "
-        f"{p['hd95']:.1f} |",
-        "",
-        f"Dice gain: {t['gain_dice']:+.3f}. Files: `config.json`, `metrics.csv`, "
-        "`metrics.json`, `checkpoints/best.pt`, `checkpoints/last.pt`.",
+        *table,
+        "Files: `config.json`, `metrics.csv`, `metrics.json`, `checkpoints/best.pt`, "
+        "`checkpoints/last.pt`.",
         "",
         "![Dice over queries](dice_over_queries.png)",
         "",
