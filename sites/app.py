@@ -35,9 +35,7 @@ from baps_fed.federation.run_config import SITES_KEY, check_run_config
 from baps_fed.federation.site_state import (
     RUN_KEY,
     SiteState,
-    load_site_state,
-    save_site_state,
-    state_path,
+    SiteStateStore,
 )
 from baps_fed.federation.uploads import UploadShape, encode_upload, upload_shape
 from sites.outbox import outbox_guard
@@ -78,26 +76,29 @@ def _upload(context: Context) -> UploadShape:
     return upload_shape(site.cfg, site.decoder.num_params)
 
 
-def _state_file(site: LocalSite, msg: Message) -> Path | None:
-    """This run's state file at the site (None: the site keeps its state in memory only)."""
+def _store(site: LocalSite, msg: Message) -> SiteStateStore | None:
+    """This run's states on the site's disk (None: the site keeps its state in memory only)."""
     run_key = msg.content["config"].get(RUN_KEY)
     if not site.spec.state_dir or run_key is None:
         return None
-    return state_path(Path(site.spec.state_dir), str(run_key))
+    return SiteStateStore(Path(site.spec.state_dir), str(run_key))
 
 
-def _load_state(context: Context, path: Path | None) -> SiteState:
+def _load_state(context: Context, store: SiteStateStore | None, server_round: int, train: bool):
     """The state of this process's last round, else the one on disk (a restarted site)."""
     if STATE in context.state:
         return SiteState.from_arrays({k: a.numpy() for k, a in context.state[STATE].items()})
-    saved = load_site_state(path) if path is not None else None
-    return saved or SiteState()
+    if store is None:
+        return SiteState()
+    return store.before(server_round) if train else store.after(server_round)
 
 
-def _save_state(context: Context, state: SiteState, path: Path | None) -> None:
+def _save_state(
+    context: Context, state: SiteState, store: SiteStateStore | None, server_round: int
+) -> None:
     context.state[STATE] = ArrayRecord({k: Array(v) for k, v in state.to_arrays().items()})
-    if path is not None:
-        save_site_state(path, state)
+    if store is not None:
+        store.save(server_round, state)
 
 
 def _theta(msg: Message) -> np.ndarray:
@@ -123,9 +124,9 @@ def train(msg: Message, context: Context) -> Message:
     site = local_site(context)
     server_round = int(msg.content["config"]["server-round"])
     theta = _theta(msg)
-    path = _state_file(site, msg)
-    result = site.train_from(theta, server_round, _load_state(context, path))
-    _save_state(context, SiteState.after(result), path)  # stays here, never sent
+    store = _store(site, msg)
+    result = site.train_from(theta, server_round, _load_state(context, store, server_round, True))
+    _save_state(context, SiteState.after(result), store, server_round)  # stays here, never sent
     logger.info("site %s round %d: %s", site.spec.name, server_round, result.metrics)
     arrays = encode_upload(site.cfg.upload, theta, result)
     content = RecordDict(
@@ -141,7 +142,9 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     site = local_site(context)
-    metrics = site.evaluate_from(_theta(msg), _load_state(context, _state_file(site, msg)))
+    server_round = int(msg.content["config"]["server-round"])
+    state = _load_state(context, _store(site, msg), server_round, train=False)
+    metrics = site.evaluate_from(_theta(msg), state)
     content = RecordDict(
         {"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site.spec.name})}
     )

@@ -64,12 +64,56 @@ RUN_KEY = "run-key"  # the coordinator's name for its run, sent with every messa
 _RUN_KEY_FORM = re.compile(r"^[0-9a-f]{16,64}$")
 
 
-def state_path(state_dir: Path, run_key: str) -> Path:
-    """The site's state file for one run; the key comes from the coordinator, so it is checked
-    before it names a file."""
+def state_path(state_dir: Path, run_key: str, server_round: int) -> Path:
+    """The site's state after one round of one run; the key comes from the coordinator, so it
+    is checked before it names a file."""
     if not _RUN_KEY_FORM.match(run_key):
         raise ValueError(f"run key {run_key!r} is not a hex name; refusing it as a file name")
-    return Path(state_dir) / f"run-{run_key}.npz"
+    return Path(state_dir) / f"run-{run_key}-round-{server_round:05d}.npz"
+
+
+class SiteStateStore:
+    """A site's states of one run on disk, one file per completed round.
+
+    A restarted coordinator may send a round again (it died before checkpointing it): the site
+    then trains it from the state *before* that round, as the first time, while its privacy
+    ledger keeps every round it has released (what left the site stays spent)."""
+
+    def __init__(self, state_dir: Path, run_key: str) -> None:
+        self.dir, self.key = Path(state_dir), run_key
+        state_path(self.dir, run_key, 0)  # checks the key
+
+    def _rounds(self) -> list[int]:
+        prefix = f"run-{self.key}-round-"
+        return sorted(
+            int(p.name[len(prefix) : -len(".npz")])
+            for p in self.dir.glob(f"{prefix}*.npz")
+            if p.name[len(prefix) : -len(".npz")].isdigit()
+        )
+
+    def _load(self, server_round: int) -> SiteState | None:
+        return load_site_state(state_path(self.dir, self.key, server_round))
+
+    def before(self, server_round: int) -> SiteState:
+        """The state to train ``server_round`` from."""
+        rounds = self._rounds()
+        earlier = [r for r in rounds if r < server_round]
+        state = (self._load(earlier[-1]) if earlier else None) or SiteState()
+        if rounds and rounds[-1] >= server_round:  # a round sent again: its epsilon stays spent
+            latest = self._load(rounds[-1])
+            state.privacy = latest.privacy if latest is not None else state.privacy
+        return state
+
+    def after(self, server_round: int) -> SiteState:
+        """The state a round left (what the site evaluates with)."""
+        done = [r for r in self._rounds() if r <= server_round]
+        return (self._load(done[-1]) if done else None) or SiteState()
+
+    def save(self, server_round: int, state: SiteState) -> None:
+        save_site_state(state_path(self.dir, self.key, server_round), state)
+        for r in self._rounds():  # the round before is kept: a re-sent round starts there
+            if r < server_round - 1:
+                state_path(self.dir, self.key, r).unlink(missing_ok=True)
 
 
 def save_site_state(path: Path, state: SiteState) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from baps_fed.federation.site_state import SiteState, load_site_state, save_site_state, state_path
+from baps_fed.federation.site_state import SiteState, SiteStateStore, state_path
 from baps_fed.fm.tiny import save_tiny_weights
 from coordinator.app import run_rounds
 from sites.app import app as client_app
@@ -55,7 +55,7 @@ def test_restarted_sites_and_coordinator_reach_the_uninterrupted_decoder(federat
         assert r["train"]["a"]["spsa-step"] == w["train"]["a"]["spsa-step"]
     assert resumed.history[1]["train"]["a"]["spsa-step"] == 2  # it went on, not from 0
     files = list((tmp_path / "cut-sites" / "a").iterdir())
-    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     assert stat.S_IMODE((tmp_path / "cut-sites" / "a").stat().st_mode) == 0o700
 
 
@@ -73,13 +73,27 @@ def test_a_restarted_site_keeps_spending_epsilon(federation, tmp_path):
 
 def test_a_new_run_gets_new_state_and_a_damaged_file_is_refused(tmp_path):
     state = SiteState(private=np.ones(3, np.float32), privacy=[(1.0, 0.1, 8)])
-    path = state_path(tmp_path / "site", "0123456789abcdef")
-    save_site_state(path, state)
-    loaded = load_site_state(path)
-    assert loaded is not None and loaded.privacy == [(1.0, 0.1, 8)]
-    assert load_site_state(state_path(tmp_path / "site", "fedcba9876543210")) is None
+    store = SiteStateStore(tmp_path / "site", "0123456789abcdef")
+    store.save(1, state)
+    loaded = store.after(1)
+    assert loaded.privacy == [(1.0, 0.1, 8)] and np.array_equal(loaded.private, state.private)
+    assert SiteStateStore(tmp_path / "site", "fedcba9876543210").before(2).spsa is None
+    path = state_path(tmp_path / "site", "0123456789abcdef", 1)
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ValueError, match="privacy ledger"):
-        load_site_state(path)
+        store.after(1)
     with pytest.raises(ValueError, match="not a hex name"):
-        state_path(tmp_path, "../../etc/passwd")
+        SiteStateStore(tmp_path, "../../etc/passwd")
+
+
+def test_a_round_sent_again_trains_from_before_it_and_its_epsilon_stays_spent(tmp_path):
+    store = SiteStateStore(tmp_path, "0123456789abcdef")
+    after = {r: SiteState(private=np.full(2, r, np.float32), privacy=[(1.0, 0.1, 8 * r)])
+             for r in (1, 2, 3)}  # fmt: skip
+    for r, state in after.items():
+        store.save(r, state)
+    # the coordinator died before checkpointing round 3 and sends it again
+    again = store.before(3)
+    assert np.array_equal(again.private, after[2].private)  # trained as the first time
+    assert again.privacy == [(1.0, 0.1, 24)]  # but round 3's release stays spent
+    assert len(list(tmp_path.iterdir())) == 2  # rounds 2 and 3 kept, older ones dropped
