@@ -164,6 +164,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from baps_fed.single_site.run import RUN_MARKERS, print_comparison, run_training
 
     check_folder(args.out, RUN_MARKERS, args.resume, args.overwrite)  # before anything loads
+    cfg = _train_config(args)  # its numbers checked before data or FM load
+    if args.n < 1:
+        raise ValueError(f"n must be a positive whole number of synthetic cases, got {args.n}")
     last = args.out / "checkpoints" / "last.pt"
     if args.resume and last.is_file():  # the decoder as it was trained, not as the flags say
         decoder, extra = load_decoder(last)
@@ -180,7 +183,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = _open_data(args, decoder.cfg.image_size)
     fm = load_fm(args.fm, budget_images=args.budget)
     result, summary = run_training(
-        decoder, fm, data, _train_config(args), args.out, resume=args.resume
+        decoder, fm, data, cfg, args.out, resume=args.resume
     )
     print(
         f"stopped: {summary['stopped']}; FM image-queries: {result.fm_images_train} training, "

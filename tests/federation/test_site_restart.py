@@ -46,10 +46,10 @@ def federation(tmp_path, small_sam):
 
 
 def test_restarted_sites_and_coordinator_reach_the_uninterrupted_decoder(federation, tmp_path):
-    whole = run_rounds(*federation(3, tmp_path / "whole", tmp_path / "whole-sites"))
+    whole = run_rounds(*federation(2, tmp_path / "whole", tmp_path / "whole-sites"))
     run_rounds(*federation(1, tmp_path / "cut", tmp_path / "cut-sites"))
     # everything restarts: the coordinator with --resume, every site with an empty memory
-    resumed = run_rounds(*federation(3, tmp_path / "cut", tmp_path / "cut-sites", resume=True))
+    resumed = run_rounds(*federation(2, tmp_path / "cut", tmp_path / "cut-sites", resume=True))
     np.testing.assert_array_equal(resumed.theta, whole.theta)
     for r, w in zip(resumed.history, whole.history, strict=True):
         assert r["train"]["a"]["spsa-step"] == w["train"]["a"]["spsa-step"]

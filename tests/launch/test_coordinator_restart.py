@@ -8,11 +8,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
 from baps_fed.launch.processes import free_port
+from tests.launch.waiting import wait_for
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -24,14 +24,6 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return out
-
-
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s")
-        time.sleep(0.3)
 
 
 def _coordinator(out, port: int) -> list[str]:
@@ -48,8 +40,8 @@ def test_a_sigkilled_coordinator_leaves_no_process_and_a_served_port_is_refused(
     started: list[psutil.Process] = []
     try:
         # the run is submitted (it then waits for sites): SuperLink, gateway, flwr run are up
-        _wait(lambda: (out / "run_config.toml").is_file(), 120, "the coordinator's start")
-        _wait(lambda: len(psutil.Process(first.pid).children()) >= 3, 30, "its processes")
+        wait_for(lambda: (out / "run_config.toml").is_file(), 120, "the coordinator's start")
+        wait_for(lambda: len(psutil.Process(first.pid).children()) >= 3, 30, "its processes")
         started = psutil.Process(first.pid).children(recursive=True)
 
         second = subprocess.run(
@@ -60,7 +52,7 @@ def test_a_sigkilled_coordinator_leaves_no_process_and_a_served_port_is_refused(
 
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        _wait(lambda: not _alive(started), 60, "every process it started to stop")
+        wait_for(lambda: not _alive(started), 60, "every process it started to stop")
     finally:
         log.close()
         if first.poll() is None:

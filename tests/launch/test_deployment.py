@@ -11,7 +11,6 @@ import contextlib
 import json
 import ssl
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +21,6 @@ import pytest
 
 from baps_fed.federation.checkpoint import load_checkpoint
 from baps_fed.federation.contract import FedTrainConfig, initial_theta
-from baps_fed.fm.tiny import save_tiny_weights
 from baps_fed.launch.certs import make_pilot_certs
 from baps_fed.launch.deployment import (
     NOT_REGISTERED,
@@ -33,16 +31,9 @@ from baps_fed.launch.deployment import (
 )
 from baps_fed.launch.flower_cli import CONNECTION, flwr, write_connection
 from baps_fed.launch.processes import ProcessGroup, free_port
-from tests.conftest import SMALL_ARCH
+from tests.launch.waiting import wait_for
 
 RUN = {"local-steps": 1, "batch-size": 2, "sp-avg": 2, "eval-every": 2}
-
-
-@pytest.fixture
-def fm_spec(tmp_path, small_sam) -> str:
-    weights = tmp_path / "fm.pt"
-    save_tiny_weights(weights, small_sam, SMALL_ARCH, {})
-    return f"tiny:{weights}"
 
 
 def _site(name: str, data: str, fm: str, port: int, folder: Path, **tls) -> SiteSettings:
@@ -62,15 +53,6 @@ def _run_in_thread(settings: CoordinatorSettings, group: ProcessGroup) -> tuple:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread, result
-
-
-def _wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s")
 
 
 def _all_stopped(pids: list[int]) -> bool:
@@ -128,7 +110,7 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
         )  # fmt: skip
         thread, result = _run_in_thread(settings, group)
         # sites connect once their keys are registered (the run is submitted right after)
-        _wait_for(lambda: (settings.folder / "run_config.toml").exists(), 120, "registration")
+        wait_for(lambda: (settings.folder / "run_config.toml").exists(), 120, "registration")
         for name, data in [("hospital-a", "fundus"), ("hospital-b", "ultrasound")]:
             start_site(
                 _site(name, data, fm_spec, port, tmp_path, ca_cert=certs / "ca.crt",
@@ -169,7 +151,7 @@ def test_a_killed_site_does_not_stop_the_run(tmp_path, fm_spec):
         )  # fmt: skip
         thread, result = _run_in_thread(settings, group)
         log_b = tmp_path / "hospital-b" / "supernode.log"
-        _wait_for(
+        wait_for(
             lambda: log_b.is_file() and "Receiving: train" in log_b.read_text(),
             240,
             "b receiving a train message",
