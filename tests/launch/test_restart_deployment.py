@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,12 +22,13 @@ import pytest
 
 from baps_fed.federation.checkpoint import load_checkpoint
 from baps_fed.launch.certs import make_pilot_certs
-from baps_fed.launch.deployment import SiteSettings, start_site
+from baps_fed.launch.deployment import SiteSettings, start_site, supervise_site
 from baps_fed.launch.processes import ProcessGroup, free_port
 from tests.launch.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 SITES = [("hospital-a", "fundus"), ("hospital-b", "ultrasound")]
+HEARTBEAT_EXPIRY_S = 70.0
 
 
 def _rounds_done(folder: Path) -> int:
@@ -41,6 +43,7 @@ class _Pilot:
 
     def __init__(self, root: Path, certs: Path, fm: str) -> None:
         self.root, self.certs, self.fm, self.port = root, certs, fm, free_port()
+        root.mkdir(parents=True)
         self.group = ProcessGroup()
         self.coordinators: list[subprocess.Popen] = []
 
@@ -56,14 +59,24 @@ class _Pilot:
         self.coordinators.append(proc)
         return proc
 
-    def site(self, name: str, data: str) -> subprocess.Popen:
+    def _settings(self, name: str, data: str) -> SiteSettings:
         node_config = {"data": data, "site-name": name, "fm": self.fm, "n": 12, "seed": 1,
                        "state-dir": str(self.root / name / "state")}  # fmt: skip
-        settings = SiteSettings(
+        return SiteSettings(
             f"127.0.0.1:{self.port}", node_config, self.root / name,
             ca_cert=self.certs / "ca.crt", private_key=self.certs / "nodes" / name,
         )  # fmt: skip
-        return start_site(settings, self.group)
+
+    def site(self, name: str, data: str) -> subprocess.Popen:
+        return start_site(self._settings(name, data), self.group)
+
+    def restarted_site(self, name: str, data: str) -> None:
+        """As `baps-fed site` restarts: it retries until the SuperLink lets the node in again
+        (the killed one's heartbeat must expire first)."""
+        settings = self._settings(name, data)
+        threading.Thread(
+            target=supervise_site, args=(settings, self.group, 5.0), daemon=True
+        ).start()
 
     def stop(self) -> None:
         for proc in self.coordinators:
@@ -87,9 +100,13 @@ def _run(root: Path, certs: Path, fm: str, interrupt: bool) -> np.ndarray:
             first.wait(timeout=10)
             pilot.group.stop_one(sites["hospital-b"])  # and one hospital's SuperNode too
             pilot.group.forget(sites["hospital-b"])
-            time.sleep(5)  # the killed coordinator's processes follow it
-            pilot.site("hospital-b", "ultrasound")
+            # the SuperLink remembers the killed node until its heartbeat expires (2 x 30 s);
+            # a hospital that comes back sooner is let in only after that, and misses a round
+            time.sleep(HEARTBEAT_EXPIRY_S)
             resumed = pilot.coordinator(resume=True)  # the same command, plus --resume
+            log = root / "coordinator-1.log"
+            wait_for(lambda: b"Successfully started run" in log.read_bytes(), 120, "the resume")
+            pilot.restarted_site("hospital-b", "ultrasound")  # the hospital restarts its site
             assert resumed.wait(timeout=420) == 0
         else:
             assert first.wait(timeout=420) == 0
