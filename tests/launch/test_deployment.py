@@ -33,6 +33,7 @@ from baps_fed.launch.flower_cli import CONNECTION, flwr, write_connection
 from baps_fed.launch.processes import ProcessGroup, free_port
 from tests.launch.waiting import wait_for
 
+PATIENT = "DOE_JOHN_19700101"  # a planted patient file name
 RUN = {"local-steps": 1, "batch-size": 2, "sp-avg": 2, "eval-every": 2}
 
 
@@ -100,18 +101,21 @@ def _outsider_cannot_register_list_or_stop(home: Path, port: int, certs: Path) -
 
 def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, fm_spec):
     certs = tmp_path / "certs"
-    make_pilot_certs(certs, [], ["hospital-a", "hospital-b", "intruder"])
+    make_pilot_certs(certs, [], ["hospital-a", "hospital-b", "hospital-c", "intruder"])
     port = free_port()
     with _processes() as group:
         settings = CoordinatorSettings(
             folder=tmp_path / "coordinator", certs=certs,
-            node_keys=[certs / "nodes" / "hospital-a.pub", certs / "nodes" / "hospital-b.pub"],
-            port=port, run_config={"rounds": 2, "min-sites": 2, "round-timeout": 240.0, **RUN},
+            node_keys=[certs / "nodes" / f"hospital-{x}.pub" for x in "abc"],
+            port=port, run_config={"rounds": 2, "min-sites": 3, "round-timeout": 240.0, **RUN},
         )  # fmt: skip
         thread, result = _run_in_thread(settings, group)
         # sites connect once their keys are registered (the run is submitted right after)
         wait_for(lambda: (settings.folder / "run_config.toml").exists(), 120, "registration")
-        for name, data in [("hospital-a", "fundus"), ("hospital-b", "ultrasound")]:
+        # hospital-c's data path names a patient and does not exist: every message fails there
+        missing = str(tmp_path / "records" / PATIENT)
+        for name, data in [("hospital-a", "fundus"), ("hospital-b", "ultrasound"),
+                           ("hospital-c", missing)]:  # fmt: skip
             start_site(
                 _site(name, data, fm_spec, port, tmp_path, ca_cert=certs / "ca.crt",
                       private_key=certs / "nodes" / name),
@@ -138,6 +142,11 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
     superlink_log = (tmp_path / "coordinator" / "superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink_log
     assert (tmp_path / "coordinator" / "gateway.log").is_file()
+    # hospital-c's errors reached the coordinator as a kind and a reference, nothing more
+    assert any("data: the site's data could not be read" in f for f in history[0]["failures"])
+    for path in (tmp_path / "coordinator").rglob("*"):
+        if path.is_file():
+            assert PATIENT.encode() not in path.read_bytes(), path
 
 
 def test_a_killed_site_does_not_stop_the_run(tmp_path, fm_spec):
