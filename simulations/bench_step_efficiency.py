@@ -36,9 +36,9 @@ class RecordingFM(BlackboxFM):
         super().__init__()
         self.inner, self.name, self.calls = inner, inner.name, []
 
-    def _segment(self, images, points, labels):
-        self.calls.append((images, points))
-        return self.inner.segment(images, points, labels)
+    def _segment(self, q):
+        self.calls.append((q.images, q.points))
+        return self.inner.segment(q.images, q.points, q.labels, q.boxes)
 
 
 def main(argv: list[str] | None = None) -> None:

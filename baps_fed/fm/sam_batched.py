@@ -3,8 +3,11 @@
 ``Sam.forward`` loops over images and its mask decoder repeats ONE image embedding per prompt, so
 B images with one prompt each would cost B decoder calls. Here the encoder runs once on the whole
 batch and the mask decoder's modules are applied to B (embedding, prompt) pairs at once. The
-arithmetic is the decoder's own (segment_anything.modeling.mask_decoder), only batched; a test
-checks it against ``Sam.forward`` image by image.
+arithmetic is the decoder's own (segment_anything.modeling.mask_decoder), only batched; tests
+check it against ``Sam.forward`` image by image, with points and with boxes.
+
+The same module runs the MedSAM family: their prompt encoder and mask decoder are
+segment-anything's, only the preprocessing differs (``preprocess.py``).
 
 The module is differentiable (it is also used to pretrain the embedded FM and for the white-box
 oracle); the black-box wrapper in ``torch_fm.py`` runs it without gradients.
@@ -13,51 +16,67 @@ oracle); the black-box wrapper in ``torch_fm.py`` runs it without gradients.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 
+from baps_fed.fm import preprocess as pre
+
 
 class BatchedSam(nn.Module):
-    def __init__(self, sam: Sam, multimask: bool = False) -> None:
+    def __init__(self, sam: Sam, multimask: bool = False, preprocess: str = "sam") -> None:
         super().__init__()
+        if preprocess not in pre.PREPROCESSES:
+            raise ValueError(f"unknown preprocessing {preprocess!r}; use one of {pre.PREPROCESSES}")
         self.sam = sam
         self.multimask = multimask
+        self.preprocess = preprocess
 
     @property
     def img_size(self) -> int:
         return self.sam.image_encoder.img_size
 
     def resized_shape(self, h: int, w: int) -> tuple[int, int]:
-        """Longest side to the encoder's size, aspect kept (SAM's ResizeLongestSide)."""
-        scale = self.img_size / max(h, w)
-        return int(h * scale + 0.5), int(w * scale + 0.5)
+        """The image's size inside the encoder input (SAM: ResizeLongestSide)."""
+        return pre.resized_shape(h, w, self.preprocess, self.img_size)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images float [B,3,H,W] in 0..255 -> image embeddings [B,C,h,w]."""
-        b, _, h, w = images.shape
-        rh, rw = self.resized_shape(h, w)
-        x = images
-        if (rh, rw) != (h, w):
-            x = F.interpolate(x, (rh, rw), mode="bilinear", align_corners=False, antialias=True)
-        x = (x - self.sam.pixel_mean) / self.sam.pixel_std
-        x = F.pad(x, (0, self.img_size - rw, 0, self.img_size - rh))
+        x = pre.prepare(
+            images, self.preprocess, self.img_size, self.sam.pixel_mean, self.sam.pixel_std
+        )
         return self.sam.image_encoder(x)
+
+    def encode_prompts(
+        self,
+        points: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        input_hw: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel prompts at the input resolution -> (sparse, dense) prompt embeddings."""
+        h, w = input_hw
+        rh, rw = self.resized_shape(h, w)
+        point_arg = None
+        if points is not None:
+            coords = points.clone()
+            coords[..., 0] *= rw / w
+            coords[..., 1] *= rh / h
+            point_arg = (coords, labels)
+        box_arg = None
+        if boxes is not None:
+            box_arg = pre.scale_boxes(boxes, input_hw, self.preprocess, self.img_size)[:, None]
+        return self.sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
 
     def decode(
         self,
         embeddings: torch.Tensor,
-        points: torch.Tensor,
-        labels: torch.Tensor,
+        points: torch.Tensor | None,
+        labels: torch.Tensor | None,
         input_hw: tuple[int, int],
+        boxes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image prompts -> (low-res logits [B,M,h4,w4], predicted IoU [B,M])."""
-        h, w = input_hw
-        rh, rw = self.resized_shape(h, w)
-        coords = points.clone()
-        coords[..., 0] *= rw / w
-        coords[..., 1] *= rh / h
-        sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        sparse, dense = self.encode_prompts(points, labels, boxes, input_hw)
         md = self.sam.mask_decoder
         b = embeddings.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
@@ -84,19 +103,18 @@ class BatchedSam(nn.Module):
         return masks[torch.arange(masks.shape[0]), best]
 
     def upscale(self, low_res: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
-        """Low-res logits [B,h4,w4] -> logits at the input size [B,H,W] (SAM's postprocess)."""
-        rh, rw = self.resized_shape(*input_hw)
-        x = F.interpolate(
-            low_res[:, None], (self.img_size, self.img_size), mode="bilinear", align_corners=False
-        )
-        x = x[..., :rh, :rw]
-        x = F.interpolate(x, input_hw, mode="bilinear", align_corners=False)
-        return x[:, 0]
+        """Low-res logits [B,h4,w4] -> logits at the input size [B,H,W]."""
+        return pre.postprocess(low_res, input_hw, self.preprocess, self.img_size)
 
     def forward(
-        self, images: torch.Tensor, points: torch.Tensor, labels: torch.Tensor
+        self,
+        images: torch.Tensor,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """images float [B,3,H,W] in 0..255, points [B,N,2] pixel (x, y), labels [B,N] -> logits."""
+        """images float [B,3,H,W] in 0..255, points [B,N,2] pixel (x, y) with labels [B,N] and/or
+        boxes [B,4] pixel (x0, y0, x1, y1) -> logits [B,H,W]."""
         hw = (images.shape[2], images.shape[3])
-        masks, iou = self.decode(self.embed(images), points, labels, hw)
+        masks, iou = self.decode(self.embed(images), points, labels, hw, boxes)
         return self.upscale(self.select(masks, iou), hw)

@@ -43,6 +43,20 @@ def _guess_architecture(state: Mapping[str, torch.Tensor]) -> str:
     return f"an encoder of width {w.shape[0]}, depth {depth}, patch {w.shape[2]}"
 
 
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local checkpoint file, unwrapped from the usual training wrappers."""
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {path}. Download it on a machine with access (e.g. "
+            "sam_vit_b_01ec64.pth from the segment-anything release) and give its local path"
+        )
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({err})") from err
+    return _unwrap(blob, path)
+
+
 def load_sam_checkpoint(path: str | Path, arch: str | SamArchitecture) -> Sam:
     """Build ``arch`` (a name in SAM_ARCHITECTURES or a SamArchitecture) with the file's weights."""
     path = Path(path).expanduser()
@@ -53,16 +67,7 @@ def load_sam_checkpoint(path: str | Path, arch: str | SamArchitecture) -> Sam:
                 f"unknown SAM architecture {arch!r}; use one of {', '.join(SAM_ARCHITECTURES)}"
             )
         arch = SAM_ARCHITECTURES[arch]
-    if not path.is_file():
-        raise CheckpointError(
-            f"SAM checkpoint not found: {path}. Download it on a machine with access (e.g. "
-            "sam_vit_b_01ec64.pth from the segment-anything release) and give its local path"
-        )
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for a bad file
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({err})") from err
-    state = _unwrap(blob, path)
+    state = read_state_dict(path)
     sam = build_sam(arch)
     expected = sam.state_dict()
     missing = [k for k in expected if k not in state]

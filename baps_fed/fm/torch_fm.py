@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from baps_fed.fm.contract import BlackboxFM
+from baps_fed.fm.contract import BlackboxFM, Query
 from baps_fed.fm.errors import FMInputError
 from baps_fed.fm.sam_batched import BatchedSam
 
@@ -25,8 +25,10 @@ class TorchSamFM(BlackboxFM):
         device: str = "cpu",
         max_batch: int | None = None,
         budget_images: int | None = None,
+        prompt_kinds: frozenset[str] = frozenset({"point", "box"}),
     ) -> None:
         super().__init__(budget_images=budget_images)
+        self.prompt_kinds = prompt_kinds
         self.model = model.to(device).eval()
         self.name = name
         self.device = torch.device(device)
@@ -47,13 +49,18 @@ class TorchSamFM(BlackboxFM):
             )
 
     @torch.inference_mode()
-    def _segment(self, images: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        self.check_shape(*images.shape[1:3])
+    def _segment(self, query: Query) -> np.ndarray:
+        self.check_shape(*query.images.shape[1:3])
         out = []
-        for i in range(0, images.shape[0], self.max_batch):
-            x = torch.from_numpy(images[i : i + self.max_batch]).to(self.device)
-            x = x.permute(0, 3, 1, 2).float()
-            p = torch.from_numpy(points[i : i + self.max_batch]).to(self.device)
-            lab = torch.from_numpy(labels[i : i + self.max_batch]).to(self.device)
-            out.append(self.model(x, p, lab).float().cpu().numpy())
+        for i in range(0, query.images.shape[0], self.max_batch):
+            part = slice(i, i + self.max_batch)
+            x = self._tensor(query.images[part]).permute(0, 3, 1, 2).float()
+            p, lab, box = (
+                None if a is None else self._tensor(a[part])
+                for a in (query.points, query.labels, query.boxes)
+            )
+            out.append(self.model(x, p, lab, box).float().cpu().numpy())
         return np.concatenate(out, axis=0)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(self.device)

@@ -97,3 +97,42 @@ def test_bad_specs_say_what_to_use(spec, kwargs, names):
         load_fm(spec, **kwargs)
     for name in names:
         assert name in str(err.value), (name, str(err.value))
+
+
+@pytest.mark.parametrize(
+    ("boxes", "message"),
+    [
+        (np.array([[1.0, 2.0, 30.0]] * 3), r"shape \[B,4\]"),
+        (np.array([[1.0, 2.0, 30.0, np.nan]] * 3), "NaN or Inf"),
+        (np.array([[30.0, 2.0, 10.0, 40.0]] * 3), "inverted"),
+        (np.array([[5.0, 20.0, 30.0, 20.0]] * 3), "inverted or empty"),
+        (np.array([[-1.0, 2.0, 30.0, 40.0]] * 3), "leaves the 40x48 image"),
+        (np.array([[1.0, 2.0, 30.0, 49.0]] * 3), "leaves the 40x48 image"),
+    ],
+)
+def test_bad_boxes_are_refused_with_what_is_wrong(fm, boxes, message):
+    images, _ = _query()
+    with pytest.raises(FMInputError, match=message):
+        fm.segment(images, boxes=boxes)
+    assert fm.meter.images == 0
+
+
+def test_a_box_query_needs_no_points_and_boxes_may_come_as_b_1_4(fm):
+    images, _ = _query()
+    boxes = np.array([[2.0, 3.0, 30.0, 40.0]] * 3)
+    out = fm.segment(images, boxes=boxes)
+    assert out.shape == (3, 48, 40) and np.isfinite(out).all()
+    np.testing.assert_array_equal(fm.segment(images, boxes=boxes[:, None]), out)
+    with pytest.raises(FMInputError, match="needs a prompt"):
+        fm.segment(images)
+
+
+def test_a_prompt_kind_the_fm_does_not_accept_is_refused_not_dropped(small_sam):
+    box_only = TorchSamFM(BatchedSam(small_sam), "box-only", prompt_kinds=frozenset({"box"}))
+    images, points = _query()
+    with pytest.raises(FMInputError, match="does not accept point prompts.*send boxes instead"):
+        box_only.segment(images, points)
+    boxes = np.array([[2.0, 3.0, 30.0, 40.0]] * 3)
+    with pytest.raises(FMInputError, match="does not accept point prompts"):
+        box_only.segment(images, points, boxes=boxes)  # not silently answered from the box
+    assert box_only.segment(images, boxes=boxes).shape == (3, 48, 40)

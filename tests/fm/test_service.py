@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 import pytest
 
-from baps_fed.fm.contract import BlackboxFM
+from baps_fed.fm.contract import BlackboxFM, Query
 from baps_fed.fm.errors import FMInputError, QueryBudgetExceeded
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.service import codec, protos
@@ -266,7 +266,8 @@ def test_malformed_requests_are_invalid_argument_and_server_keeps_serving(fm):
         assert list(reply.logits.shape) == [2, 48, 40]
     with serving(fm) as server, _client(server) as client:  # and as a Python error
         with pytest.raises(FMInputError, match="rejected"):
-            client._segment(*_query(b=2), np.full((1, 1), 1, dtype=np.int64))
+            images, points = _query(b=2)  # labels of the wrong shape, past the client's checks
+            client._segment(Query(images, points, np.full((1, 1), 1, dtype=np.int64), None))
 
 
 class _SlowFM(BlackboxFM):
@@ -277,10 +278,10 @@ class _SlowFM(BlackboxFM):
         self.inner, self.delay_s, self.name = inner, delay_s, "slow"
         self.entered = threading.Event()
 
-    def _segment(self, images, points, labels):
+    def _segment(self, q):
         self.entered.set()
         time.sleep(self.delay_s)
-        return self.inner.segment(images, points, labels)
+        return self.inner.segment(q.images, q.points, q.labels, q.boxes)
 
 
 def test_concurrent_requests_are_micro_batched_and_split_back(fm):

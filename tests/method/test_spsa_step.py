@@ -38,11 +38,11 @@ class FlakyFM(BlackboxFM):
         super().__init__()
         self.inner, self.failures = inner, failures
 
-    def _segment(self, images, points, labels):
+    def _segment(self, q):
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("service unavailable")
-        return self.inner.segment(images, points, labels)
+        return self.inner.segment(q.images, q.points, q.labels, q.boxes)
 
 
 @pytest.fixture
@@ -125,8 +125,8 @@ class NanFM(BlackboxFM):
         super().__init__()
         self.inner = inner
 
-    def _segment(self, images, points, labels):
-        return np.full_like(self.inner.segment(images, points, labels), np.nan)
+    def _segment(self, q):
+        return np.full_like(self.inner.segment(q.images, q.points, q.labels, q.boxes), np.nan)
 
 
 def _dp(cfg: StepConfig, **kw) -> StepConfig:
@@ -170,11 +170,11 @@ class FailingFM(BlackboxFM):
         super().__init__()
         self.inner, self.error = inner, error
 
-    def _segment(self, images, points, labels):
+    def _segment(self, q):
         if self.error is not None:
             error, self.error = self.error, None
             raise error
-        return self.inner.segment(images, points, labels)
+        return self.inner.segment(q.images, q.points, q.labels, q.boxes)
 
 
 @pytest.mark.parametrize(

@@ -150,10 +150,10 @@ def test_permanent_fm_errors_propagate_and_an_outage_ends_the_run(tmp_path, smal
             super().__init__()
             self.error, self.name = error, "failing"
 
-        def _segment(self, images, points, labels):
-            if len(images) == 8:
+        def _segment(self, q):
+            if len(q.images) == 8:
                 raise self.error
-            return inner.segment(images, points, labels)
+            return inner.segment(q.images, q.points, q.labels, q.boxes)
 
     data = _data()
     with pytest.raises(FMInputError):

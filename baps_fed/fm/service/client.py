@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 import grpc
 import numpy as np
 
-from baps_fed.fm.contract import BlackboxFM
+from baps_fed.fm.contract import BlackboxFM, Query
 from baps_fed.fm.errors import FMInputError
 from baps_fed.fm.service import codec, protos
 from baps_fed.fm.service.errors import (
@@ -198,7 +198,10 @@ class GrpcFM(BlackboxFM):
         reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
-    def _segment(self, images: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def _segment(self, query: Query) -> np.ndarray:
+        if query.boxes is not None:  # until the wire format carries boxes
+            raise FMInputError(f"{self.name}: the FM service does not carry box prompts yet")
+        images, points, labels = query.images, query.points, query.labels
         o = self.options
         request = codec.encode_request(
             self._pb2.SegmentRequest(), images, points, labels, o.png, o.dtype

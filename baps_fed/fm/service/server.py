@@ -149,7 +149,8 @@ class _Servicer:
         policy = self._authenticate(context)
         try:
             req = codec.decode_request(request, self.max_pixels)
-            images, points, labels = validate_query(req.images, req.points, req.labels)
+            query = validate_query(req.images, req.points, req.labels)
+            images, points, labels = query.images, query.points, query.labels
         except FMInputError as err:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         n, h, w = images.shape[:3]
