@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from baps_fed.data.modalities import synthetic_dataset
-from baps_fed.evaluation.evaluate import prompt_point
+from baps_fed.data.prompts import POINT
+from baps_fed.evaluation.evaluate import sample_prompts
 from baps_fed.fm.spec import load_fm
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     fm = load_fm(args.fm)
     ds = synthetic_dataset("colonoscopy", args.images, seed=123)
     images = np.stack([s.image for s in ds])
-    points = np.stack([prompt_point(s, 0) for s in ds])[:, None]
+    points = sample_prompts(list(ds), 0, POINT).points
     n = len(images)
 
     def per_image() -> None:

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     for modality in args.modalities:
         splits = split_dataset(synthetic_dataset(modality, args.n, seed=0))
         fm = load_fm("tiny")
-        zero = float(evaluate_fm(fm, splits["test"], point_seed=0).dice.mean())
+        zero = float(evaluate_fm(fm, splits["test"], prompt_seed=0).dice.mean())
         row: dict = {"modality": modality, "zero_shot": zero, "n_test": len(splits["test"])}
         for method in args.methods:
             scores, queries = [], []
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                     progress=False,
                 )
                 test = evaluate_fm(
-                    fm, splits["test"], point_seed=0, prompt=prompt_fn(decoder, res.theta)
+                    fm, splits["test"], prompt_seed=0, prompt=prompt_fn(decoder, res.theta)
                 )
                 scores.append(float(test.dice.mean()))
                 queries.append(res.fm_images_train)
@@ -158,7 +158,7 @@ def oracle_ceiling(args: argparse.Namespace, splits: dict, white_box: BatchedSam
             seed=seed,
         )
         test = evaluate_fm(
-            load_fm("tiny"), splits["test"], point_seed=0, prompt=prompt_fn(decoder, theta)
+            load_fm("tiny"), splits["test"], prompt_seed=0, prompt=prompt_fn(decoder, theta)
         )
         oracle_scores.append(float(test.dice.mean()))
     return {

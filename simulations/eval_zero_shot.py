@@ -18,6 +18,7 @@ import torch
 
 from baps_fed.data.general import general_dataset
 from baps_fed.data.modalities import MODALITIES, synthetic_dataset
+from baps_fed.data.prompts import PromptConfig
 from baps_fed.evaluation.evaluate import evaluate_fm
 from baps_fed.fm.spec import load_fm
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     for data, scanner, ds in sources:
         row = {"data": data, "scanner": scanner, "n": len(ds)}
         for mode in args.point_modes:
-            s = evaluate_fm(fm, ds, point_seed=args.seed, point_mode=mode).summary()
+            s = evaluate_fm(fm, ds, args.seed, PromptConfig(point_mode=mode)).summary()
             row[mode] = {k: s[k] for k in ("dice", "dice_std", "iou", "hd95")}
         rows.append(row)
         print(

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         test = synthetic_dataset(modality, args.n_test, seed=args.seed + 2)
         row = {
             "modality": modality,
-            "zero_shot": float(evaluate_fm(fm, test, point_seed=args.seed).dice.mean()),
+            "zero_shot": float(evaluate_fm(fm, test, prompt_seed=args.seed).dice.mean()),
         }
         for name, grid in GRIDS.items():
             decoder = build_decoder(DecoderConfig(preset="vp", vp_grid=grid))
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 lr=args.lr,
                 seed=args.seed,
             )
-            scores = evaluate_fm(fm, test, point_seed=args.seed, prompt=prompt_fn(decoder, theta))
+            scores = evaluate_fm(fm, test, prompt_seed=args.seed, prompt=prompt_fn(decoder, theta))
             row[name] = float(scores.dice.mean())
         row["seconds"] = round(time.time() - start)
         rows.append(row)

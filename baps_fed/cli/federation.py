@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from baps_fed.data.boxes import BOX_PROTOCOLS
+from baps_fed.data.prompts import PROMPT_KINDS
 from baps_fed.federation.checkpoint import check_run_folder
 from baps_fed.federation.contract import SiteSpec
 from baps_fed.federation.coordinator_config import CoordinatorConfig
@@ -54,6 +56,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         scenario.rounds = args.rounds
     if args.local_steps is not None:
         scenario.train["local-steps"] = args.local_steps
+    if args.prompt is not None:
+        scenario.train["prompt"] = args.prompt
+    if args.box_protocol is not None:
+        scenario.train["box-protocol"] = args.box_protocol
     if args.n is not None:
         for site in scenario.sites:
             site["n"] = args.n
@@ -201,6 +207,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fm", default=None, help="FM spec for every site (default: each site's, else tiny)"
     )
+    p.add_argument(
+        "--prompt", choices=PROMPT_KINDS, help="point or box (default: the scenario's, else point)"
+    )
+    p.add_argument("--box-protocol", choices=BOX_PROTOCOLS, help="tight or loose boxes")
     p.add_argument("--out", type=Path, help="run folder (default: runs/simulate-TIMESTAMP)")
     p.add_argument(
         "--shared-fm",

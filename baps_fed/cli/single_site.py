@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from baps_fed.data.boxes import BOX_PROTOCOLS, BoxConfig
 from baps_fed.data.modalities import MODALITIES
+from baps_fed.data.prompts import PROMPT_KINDS, PromptConfig
 from baps_fed.federation.contract import SiteSpec
 from baps_fed.method.ip_decoder import DecoderConfig
 from baps_fed.method.spsa import GeassConfig, SpsaConfig
@@ -36,6 +39,7 @@ def _zero_shot_rows(
     seed: int,
     scanner: int,
     layout: str,
+    prompting: PromptConfig,
     budget: int | None = None,
 ) -> list[dict]:
     from baps_fed.data.problems import summarize_problems
@@ -50,11 +54,12 @@ def _zero_shot_rows(
     ]
     # after the data: a wrong path should fail before any model loads
     fm = load_fm(fm_spec, budget_images=budget)
+    fm.require_prompt(prompting.kind)
     rows = []
     for source, ds in zip(sources, datasets, strict=True):
         for line in summarize_problems(ds.problems):
             print(f"  {line}", file=sys.stderr)
-        scores = evaluate_fm(fm, ds, point_seed=seed, keep_partial=True)
+        scores = evaluate_fm(fm, ds, seed, prompting, keep_partial=True)
         rows.append({"data": source, **scores.summary()})
         if scores.stopped:  # a spent budget or quota: keep and report what was scored
             rows[-1]["stopped"] = f"{len(scores.names)} of {len(ds)} images: {scores.stopped}"
@@ -72,9 +77,11 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def _cmd_zero_shot(args: argparse.Namespace) -> int:
+    prompting = _prompt_config(args)
     rows = _zero_shot_rows(
-        args.fm, args.data, args.n, args.seed, args.scanner, args.layout, args.budget
+        args.fm, args.data, args.n, args.seed, args.scanner, args.layout, prompting, args.budget
     )
+    print(f"prompt: {prompting.describe()}")
     _print_table(rows)
     for row in rows:
         if "stopped" in row:
@@ -95,7 +102,11 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         update=args.update,
     )
     step = StepConfig(
-        batch_size=args.batch, loss=args.loss, spsa=spsa, geass=GeassConfig(enabled=args.geass)
+        batch_size=args.batch,
+        loss=args.loss,
+        spsa=spsa,
+        geass=GeassConfig(enabled=args.geass),
+        prompt=_prompt_config(args),
     )
     return TrainConfig(
         steps=args.steps,
@@ -122,6 +133,9 @@ _RUN_SETTINGS = {
     "--preset": ("decoder", "preset"),
     "--vp-grid": ("decoder", "vp_grid"),
     "--image-encoder": ("decoder", "image_encoder"),
+    "--prompt": ("step", "prompt", "kind"),
+    "--point-mode": ("step", "prompt", "point_mode"),
+    "--box-protocol": ("step", "prompt", "box", "protocol"),
 }
 
 
@@ -180,11 +194,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 image_encoder=args.image_encoder,
             )
         )
-    data = _open_data(args, decoder.cfg.image_size)
     fm = load_fm(args.fm, budget_images=args.budget)
-    result, summary = run_training(
-        decoder, fm, data, cfg, args.out, resume=args.resume
-    )
+    fm.require_prompt(cfg.step.prompt.kind)
+    data = _open_data(args, decoder.cfg.image_size)
+    result, summary = run_training(decoder, fm, data, cfg, args.out, resume=args.resume)
     print(
         f"stopped: {summary['stopped']}; FM image-queries: {result.fm_images_train} training, "
         f"{result.fm_images_val} validation"
@@ -202,11 +215,51 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint (train writes best.pt)")
-    decoder, _ = load_decoder(args.checkpoint)
+    decoder, extra = load_decoder(args.checkpoint)
+    prompting = _prompt_config(args)
+    trained = extra.get("train_config", {}).get("step", {}).get("prompt", {}).get("kind", "point")
+    if "--prompt" not in args.given_flags:  # as the decoder was trained
+        prompting = replace(prompting, kind=trained)
+    fm = load_fm(args.fm)
+    fm.require_prompt(prompting.kind)
     data = _open_data(args, decoder.cfg.image_size)
-    result = run_evaluation(decoder, load_fm(args.fm), data, args.seed, args.split)
+    print(f"prompt: {prompting.describe()} (the decoder was trained with {trained} prompts)")
+    result = run_evaluation(decoder, fm, data, args.seed, prompting, args.split)
     print_comparison(result)
     return 0
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    prompt, box = PromptConfig(), BoxConfig()
+    p.add_argument(
+        "--prompt",
+        default=prompt.kind,
+        choices=PROMPT_KINDS,
+        help="the prompt each image gets: one positive point, or one box (the MedSAM family "
+        "takes boxes only)",
+    )
+    p.add_argument("--point-mode", default=prompt.point_mode, choices=["uniform", "centroid"])
+    p.add_argument(
+        "--box-protocol",
+        default=box.protocol,
+        choices=BOX_PROTOCOLS,
+        help="tight: the mask's box, each side out by 0..--tight-shift of the image (MedSAM's "
+        "training boxes); loose: out by --box-margin +- --box-jitter of the box (a quick "
+        "clinician's box)",
+    )
+    p.add_argument("--tight-shift", type=float, default=box.tight_shift)
+    p.add_argument("--box-margin", type=float, default=box.loose_margin)
+    p.add_argument("--box-jitter", type=float, default=box.loose_jitter)
+
+
+def _prompt_config(args: argparse.Namespace) -> PromptConfig:
+    box = BoxConfig(
+        protocol=args.box_protocol,
+        tight_shift=args.tight_shift,
+        loose_margin=args.box_margin,
+        loose_jitter=args.box_jitter,
+    )
+    return PromptConfig(kind=args.prompt, point_mode=args.point_mode, box=box)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -217,6 +270,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scanner", type=int, default=site.scanner)
     p.add_argument("--seed", type=int, default=site.seed)
     p.add_argument("--fm", default=site.fm)
+    _add_prompt_args(p)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -230,10 +284,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=DecoderConfig.image_size)
     p.set_defaults(func=_cmd_make_data)
 
-    p = sub.add_parser("zero-shot", help="Dice/IoU/HD95 of an FM with one positive point")
+    p = sub.add_parser("zero-shot", help="Dice/IoU/HD95 of an FM with one point or one box")
     p.add_argument(
-        "--fm", default=site.fm, help="FM spec: tiny | sam:vit_b:PATH | medsam:PATH | grpc://..."
+        "--fm",
+        default=site.fm,
+        help="FM spec: tiny | sam:vit_b:PATH | medsam:PATH | litemedsam[:PATH] | grpc://...",
     )
+    _add_prompt_args(p)
     p.add_argument(
         "--data",
         nargs="+",

@@ -1,25 +1,24 @@
 """Evaluate an FM (optionally behind a visual prompt) on a dataset: per-image Dice, IoU, HD95.
 
-Points are seeded per sample name, so the same image gets the same prompt in every run and in
-every method compared (the published code drew them unseeded).
+Prompts (a point or a box) are seeded per sample name, so the same image gets the same prompt in
+every run and in every method compared (the published code drew them unseeded).
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from baps_fed.data.points import PointMode, sample_point
+from baps_fed.data.prompts import POINT, PromptConfig, Prompts, seeded_prompt
 from baps_fed.data.sample import Sample, SegmentationDataset
 from baps_fed.evaluation.metrics import dice_per_image, hd95_per_image, iou_per_image
 from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.errors import QueryBudgetExceeded
 
-# (images uint8 [B,H,W,3], points [B,1,2]) -> prompted images uint8 [B,H,W,3]
-PromptFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (images uint8 [B,H,W,3], their prompts) -> prompted images uint8 [B,H,W,3]
+PromptFn = Callable[[np.ndarray, Prompts], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,9 @@ class Scores:
         }
 
 
-def prompt_point(sample: Sample, seed: int, mode: PointMode = "uniform") -> np.ndarray:
-    """The evaluation point of one sample: a function of (seed, sample name) only."""
-    rng = np.random.default_rng([seed, zlib.crc32(sample.name.encode())])
-    return sample_point(sample.mask, rng, mode)
+def sample_prompts(samples: list[Sample], seed: int, cfg: PromptConfig) -> Prompts:
+    """The evaluation prompts of these samples: functions of (seed, sample name) only."""
+    return Prompts.stack([seeded_prompt(s.mask, s.name, seed, cfg) for s in samples], cfg.kind)
 
 
 def _same_shape_chunks(samples: list[Sample], batch_size: int):
@@ -63,23 +61,24 @@ def _same_shape_chunks(samples: list[Sample], batch_size: int):
 def evaluate_fm(
     fm: BlackboxFM,
     dataset: SegmentationDataset,
-    point_seed: int = 0,
-    point_mode: PointMode = "uniform",
+    prompt_seed: int = 0,
+    prompting: PromptConfig = POINT,
     batch_size: int = 32,
     prompt: PromptFn | None = None,
     keep_partial: bool = False,
 ) -> Scores:
-    """One positive point per image; Dice after thresholding the FM's logits at 0 (p = 0.5).
-    With ``keep_partial`` a spent query budget ends it with the images scored so far."""
+    """One prompt per image (``prompting``: a point or a box); Dice after thresholding the
+    FM's logits at 0 (p = 0.5), behind the visual prompt ``prompt`` when one is given. With
+    ``keep_partial`` a spent query budget ends it with the images scored so far."""
     names, dice, iou, hd, stopped = [], [], [], [], ""
     for chunk in _same_shape_chunks(list(dataset), batch_size):
         images = np.stack([s.image for s in chunk])
         masks = np.stack([s.mask for s in chunk])
-        points = np.stack([prompt_point(s, point_seed, point_mode) for s in chunk])[:, None]
+        prompts = sample_prompts(chunk, prompt_seed, prompting)
         if prompt is not None:
-            images = prompt(images, points)
+            images = prompt(images, prompts)
         try:
-            pred = fm.segment(images, points) > 0
+            pred = fm.segment(images, **prompts.query()) > 0
         except QueryBudgetExceeded as err:
             if not keep_partial:
                 raise

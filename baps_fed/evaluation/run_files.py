@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only: sites and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from baps_fed.data.prompts import Prompts  # noqa: E402
+
 
 def check_folder(out: Path, markers: Sequence[str], resume: bool, overwrite: bool) -> None:
     """A new run never replaces one by accident: a folder holding any of ``markers`` (files
@@ -63,8 +65,9 @@ def plot_dice(run_dir: Path, history: Sequence[dict], zero_shot: float) -> Path:
     return path
 
 
-def plot_examples(path: Path, columns: dict[str, np.ndarray], points: np.ndarray) -> Path:
-    """A grid: one row per image; columns are named arrays [N,H,W,3] (images) or [N,H,W] masks."""
+def plot_examples(path: Path, columns: dict[str, np.ndarray], prompts: Prompts) -> Path:
+    """A grid: one row per image; columns are named arrays [N,H,W,3] (images) or [N,H,W] masks;
+    each image's prompt (a point or a box) drawn on every column."""
     names = list(columns)
     n = len(next(iter(columns.values())))
     fig, axes = plt.subplots(n, len(names), figsize=(1.8 * len(names), 1.8 * n), squeeze=False)
@@ -78,7 +81,11 @@ def plot_examples(path: Path, columns: dict[str, np.ndarray], points: np.ndarray
                 vmin=None if arr.ndim == 3 else 0,
                 vmax=None if arr.ndim == 3 else 1,
             )
-            ax.plot(*points[i, 0], "r+", ms=8)
+            if prompts.points is not None:
+                ax.plot(*prompts.points[i, 0], "r+", ms=8)
+            else:
+                x0, y0, x1, y1 = prompts.boxes[i]
+                ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], "r-", lw=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

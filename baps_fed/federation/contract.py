@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from baps_fed.data.boxes import BoxConfig
+from baps_fed.data.prompts import POINT, PromptConfig
 from baps_fed.federation.uploads import UPLOAD_KINDS
 from baps_fed.flat_config import check_keys, flat_keys, require_positive, values_from_flat
 from baps_fed.method.ip_decoder import DecoderConfig, build_decoder
@@ -74,7 +76,12 @@ class FedTrainConfig:
     # path on every site (baps_fed/method/image_encoder.py)
     image_encoder: str = DecoderConfig.image_encoder
     decoder_seed: int = 0
-    point_seed: int = 0  # evaluation points
+    point_seed: int = 0  # evaluation prompts (points or boxes)
+    # the prompt every image gets, at the FM and the decoder (baps_fed/data/prompts.py)
+    prompt: str = POINT.kind
+    box_protocol: str = POINT.box.protocol
+    box_margin: float = POINT.box.loose_margin
+    box_jitter: float = POINT.box.loose_jitter
     private_head: str = "basis"  # each site's private prompt head: basis | colour | none
     # Share of its own decoder a site keeps when a round starts: it starts from
     # (1 - keep) * global + keep * own (0: plain FedAvg, every site starts from the global).
@@ -105,6 +112,7 @@ class FedTrainConfig:
         if not 0 <= self.personal_keep <= 1:
             raise ValueError(f"personal-keep must be in [0, 1], got {self.personal_keep}")
         require_positive(self, "local_steps", "batch_size", "sp_avg")
+        self.prompt_config()  # a bad prompt kind, protocol or fraction fails here
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -126,6 +134,14 @@ class FedTrainConfig:
         if where is not None:
             check_keys(config, flat_keys(cls), where)
         return cls(**values_from_flat(cls, config))
+
+    def prompt_config(self) -> PromptConfig:
+        box = BoxConfig(
+            protocol=self.box_protocol,  # type: ignore[arg-type]
+            loose_margin=self.box_margin,
+            loose_jitter=self.box_jitter,
+        )
+        return PromptConfig(kind=self.prompt, box=box)  # type: ignore[arg-type]
 
     def decoder_config(self) -> DecoderConfig:
         return DecoderConfig(

@@ -86,8 +86,15 @@ class LocalSite:
             if cfg.dp
             else None
         )
+        self.prompting = cfg.prompt_config()
+        self.fm.require_prompt(self.prompting.kind)
         self.step_cfg = StepConfig(
-            batch_size=cfg.batch_size, loss=cfg.loss, spsa=spsa, geass=GeassConfig(), dp=self.dp
+            batch_size=cfg.batch_size,
+            loss=cfg.loss,
+            spsa=spsa,
+            geass=GeassConfig(),
+            dp=self.dp,
+            prompt=self.prompting,
         )
         self._zero_shot: dict[str, dict[str, float]] = {}
 
@@ -204,15 +211,23 @@ class LocalSite:
         zero-shot."""
         data = self.splits[split]
         queries0 = self.fm.meter.images
-        seed = self.cfg.point_seed
+        seed, prompting = self.cfg.point_seed, self.prompting
         if split not in self._zero_shot:
-            self._zero_shot[split] = evaluate_fm(self.fm, data, seed).summary()
+            self._zero_shot[split] = evaluate_fm(self.fm, data, seed, prompting).summary()
         full = self._full(self.start_point(theta, personal), private)
-        tuned = evaluate_fm(self.fm, data, seed, prompt=prompt_fn(self.model, full)).summary()  # type: ignore[arg-type]
+        tuned = evaluate_fm(
+            self.fm,
+            data,
+            seed,
+            prompting,
+            prompt=prompt_fn(self.model, full),  # type: ignore[arg-type]
+        ).summary()
         if self.model is self.decoder and np.array_equal(full, theta):
             global_dice = tuned["dice"]
         else:
-            glob = evaluate_fm(self.fm, data, seed, prompt=prompt_fn(self.decoder, theta))
+            glob = evaluate_fm(
+                self.fm, data, seed, prompting, prompt=prompt_fn(self.decoder, theta)
+            )
             global_dice = glob.summary()["dice"]
         zero = self._zero_shot[split]
         return {

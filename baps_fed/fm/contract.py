@@ -150,14 +150,16 @@ def validate_query(
     return Query(images, p, lab, bx)
 
 
-def unsupported_prompt_message(name: str, kind: str, accepted: frozenset[str]) -> str:
+def unsupported_prompt_message(
+    name: str, kind: str, accepted: frozenset[str], why: str = ""
+) -> str:
     hint = {
         "point": "send boxes instead (--prompt box)",
         "box": "send points instead (--prompt point)",
     }[kind]
-    return (
-        f"{name} does not accept {kind} prompts (it accepts: {', '.join(sorted(accepted))}); {hint}"
-    )
+    kinds = ", ".join(sorted(accepted))
+    why = f" ({why})" if why else ""
+    return f"{name} does not accept {kind} prompts{why}; it accepts: {kinds}; {hint}"
 
 
 class BlackboxFM(ABC):
@@ -165,6 +167,14 @@ class BlackboxFM(ABC):
 
     name: str = "fm"
     prompt_kinds: frozenset[str] = frozenset({"point"})
+    prompt_note: str = ""  # why a kind is not accepted, for the refusal
+
+    def require_prompt(self, kind: str) -> None:
+        """Refuse, before any query is spent, a prompt kind this FM does not accept."""
+        if kind not in self.prompt_kinds:
+            raise FMInputError(
+                unsupported_prompt_message(self.name, kind, self.prompt_kinds, self.prompt_note)
+            )
 
     def __init__(self, budget_images: int | None = None) -> None:
         self.meter = QueryMeter()
@@ -181,8 +191,7 @@ class BlackboxFM(ABC):
         boxes [B,4] (x0, y0, x1, y1)."""
         query = validate_query(images, points, labels, boxes)
         for kind in query.kinds:
-            if kind not in self.prompt_kinds:
-                raise FMInputError(unsupported_prompt_message(self.name, kind, self.prompt_kinds))
+            self.require_prompt(kind)
         b = query.images.shape[0]
         if self.budget_images is not None and self.meter.images + b > self.budget_images:
             raise QueryBudgetExceeded(

@@ -27,10 +27,13 @@ class FMSpecError(ValueError):
     pass
 
 
-# The MedSAM family is trained on boxes only. Measured with the official LiteMedSAM weights on
-# real images of four modalities: one positive point gives Dice 0.002-0.010, the ground-truth
-# box 0.92-0.95 (docs/fm-service.md, "Real FMs"). A point query is refused, not answered badly.
+# The MedSAM family is trained on boxes only. A point query is refused, not answered badly.
 BOX_ONLY = frozenset({"box"})
+BOX_ONLY_NOTE = (
+    "the MedSAM family is trained on box prompts only: with the official LiteMedSAM weights on "
+    "real images one positive point gave Dice 0.002-0.010 where the ground-truth box gave "
+    "0.92-0.95; docs/real-fms.md"
+)
 
 
 def load_fm(
@@ -64,6 +67,7 @@ def load_fm(
             max_batch=8,  # 1024-px images: bounded memory on any device
             budget_images=budget_images,
             prompt_kinds=BOX_ONLY if medsam else frozenset({"point", "box"}),
+            prompt_note=BOX_ONLY_NOTE if medsam else "",
         )
     if kind == "litemedsam":
         if multimask:
@@ -77,6 +81,7 @@ def load_fm(
             device,
             budget_images=budget_images,
             prompt_kinds=BOX_ONLY,
+            prompt_note=BOX_ONLY_NOTE,
         )
     if kind == "grpc":
         from baps_fed.fm.service.client import GrpcFM, GrpcSpecError

@@ -26,9 +26,11 @@ class TorchSamFM(BlackboxFM):
         max_batch: int | None = None,
         budget_images: int | None = None,
         prompt_kinds: frozenset[str] = frozenset({"point", "box"}),
+        prompt_note: str = "",
     ) -> None:
         super().__init__(budget_images=budget_images)
         self.prompt_kinds = prompt_kinds
+        self.prompt_note = prompt_note
         self.model = model.to(device).eval()
         self.name = name
         self.device = torch.device(device)

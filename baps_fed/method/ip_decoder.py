@@ -1,4 +1,7 @@
-"""The IP decoder: (image, point) -> an additive visual prompt, trained through FM outputs only.
+"""The IP decoder: (image, prompt) -> an additive visual prompt, trained through FM outputs only.
+
+The prompt is the one the FM is given: a point, or a box (encoded as SAM encodes it, by its two
+corners). The decoder conditions on whichever comes.
 
 Frozen parts: the image encoder (``image_encoder.py``) and a random-Fourier point encoder whose
 Gaussian matrix is seeded and stored with the weights (the published code did neither, so its
@@ -35,6 +38,7 @@ from torch import nn
 from torch.func import functional_call
 
 import baps_fed
+from baps_fed.data.prompts import Prompts
 from baps_fed.method.image_encoder import load_image_encoder, with_weights
 from baps_fed.method.visual_prompt import PIXEL_MEAN, PIXEL_STD
 
@@ -51,6 +55,9 @@ class DecoderConfig:
     # basis preset
     cosine_grid: int = 2  # cosine maps with frequencies 0..grid-1 per axis (grid^2 maps)
     bump_sigmas: tuple[float, ...] = field(default=(0.06, 0.18))  # fractions of the image side
+    # with box prompts the bumps are centred on the box, their sigmas these fractions of the
+    # box's half-width and half-height (one per point bump: the same theta serves both)
+    box_bump_scales: tuple[float, ...] = field(default=(0.5, 1.0))
     feature_rank: int = 3
     projection_seed: int = 1
     # "general": standardise the projected features by their mean/std on a fixed probe of the
@@ -69,8 +76,9 @@ class DecoderInputs:
     """What the frozen encoders make of a batch, computed once and reused for every theta."""
 
     image_embedding: torch.Tensor  # [B, F]
-    point_embedding: torch.Tensor  # [B, 2 * fourier_dim]
-    points01: torch.Tensor  # [B, 2] point (x, y) in [0, 1] of the image side
+    point_embedding: torch.Tensor  # [B, 2 * fourier_dim]: the point's, or the box corners'
+    points01: torch.Tensor  # [B, 2] the point (x, y), or the box's centre, in [0, 1]
+    half_size01: torch.Tensor | None = None  # [B, 2] a box's half width and height in [0, 1]
 
 
 class _PaperHead(nn.Module):
@@ -121,6 +129,8 @@ class IPDecoder(nn.Module):
                 {"grid": nn.Parameter(torch.zeros(3, cfg.vp_grid, cfg.vp_grid))}
             )
         elif cfg.preset == "basis":
+            if len(cfg.box_bump_scales) != len(cfg.bump_sigmas):
+                raise ValueError("box_bump_scales needs one scale per bump sigma")
             n_maps = cfg.cosine_grid**2 + len(cfg.bump_sigmas)
             self.head = nn.ParameterDict(
                 {"coef": nn.Parameter(torch.zeros(3 * n_maps, cfg.feature_rank + 1))}
@@ -153,28 +163,53 @@ class IPDecoder(nn.Module):
 
     # -- frozen encoders ---------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: np.ndarray, points: np.ndarray) -> DecoderInputs:
-        """uint8 images [B,H,W,3] and points [B,1,2] pixel (x, y) -> frozen embeddings."""
+    def encode(self, images: np.ndarray, prompts: Prompts) -> DecoderInputs:
+        """uint8 images [B,H,W,3] and their prompts (points or boxes) -> frozen embeddings."""
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
         h, w = images.shape[1:3]
-        # Point (x, y) are pixel indices (SAM adds the half pixel itself): the centre is +0.5.
-        p01 = (torch.from_numpy(np.asarray(points, np.float32)[:, 0]) + 0.5) / torch.tensor([w, h])
-        proj = (2 * p01 - 1) @ self.fourier * (2 * math.pi)
-        return DecoderInputs(self.encoder(x), torch.cat([proj.sin(), proj.cos()], 1), p01)
+        # Pixel coordinates are indices (SAM adds the half pixel itself): the centre is +0.5.
+        if prompts.points is not None:
+            p01 = (torch.from_numpy(prompts.points[:, 0]) + 0.5) / torch.tensor([w, h])
+            return DecoderInputs(self.encoder(x), self._fourier(p01, self.fourier), p01)
+        corners = (torch.from_numpy(prompts.boxes).view(-1, 2, 2) + 0.5) / torch.tensor([w, h])
+        # each corner gets half the frequencies: the embedding keeps the point's width, so one
+        # decoder shape serves both prompt kinds
+        half = self.cfg.fourier_dim // 2
+        emb = torch.cat(
+            [
+                self._fourier(corners[:, 0], self.fourier[:, :half]),
+                self._fourier(corners[:, 1], self.fourier[:, half : 2 * half]),
+            ],
+            1,
+        )
+        centre = corners.mean(1)
+        half_size = (corners[:, 1] - corners[:, 0]).abs() / 2
+        return DecoderInputs(self.encoder(x), emb, centre, half_size)
+
+    @staticmethod
+    def _fourier(p01: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        proj = (2 * p01 - 1) @ matrix * (2 * math.pi)
+        return torch.cat([proj.sin(), proj.cos()], 1)
 
     # -- prompts -----------------------------------------------------------------------------------
-    def _basis_maps(self, points01: torch.Tensor) -> torch.Tensor:
-        """[B, n_maps, S, S]: cosines (same for every image) then point-centred bumps."""
+    def _basis_maps(self, inputs: DecoderInputs) -> torch.Tensor:
+        """[B, n_maps, S, S]: cosines (same for every image) then bumps centred on the prompt
+        (round around a point, box-shaped around a box)."""
         s, cfg = self.cfg.image_size, self.cfg
         t = (torch.arange(s, dtype=torch.float32) + 0.5) / s
         freqs = torch.arange(cfg.cosine_grid, dtype=torch.float32)
         c = torch.cos(math.pi * freqs[:, None] * t[None])  # [grid, S]
         cos_maps = (c[:, None, :, None] * c[None, :, None, :]).reshape(-1, s, s)
-        b = points01.shape[0]
-        dx = t[None, None, :] - points01[:, 0, None, None]
-        dy = t[None, :, None] - points01[:, 1, None, None]
-        r2 = dx**2 + dy**2  # [B, S, S]
-        bumps = [torch.exp(-r2 / (2 * sig**2)) for sig in cfg.bump_sigmas]
+        centre = inputs.points01
+        b = centre.shape[0]
+        dx = t[None, None, :] - centre[:, 0, None, None]  # [B, 1, S]
+        dy = t[None, :, None] - centre[:, 1, None, None]  # [B, S, 1]
+        if inputs.half_size01 is None:
+            sigmas = [(sig, sig) for sig in cfg.bump_sigmas]
+        else:
+            half = inputs.half_size01.clamp_min(1.0 / s)[:, :, None, None]
+            sigmas = [(k * half[:, 0], k * half[:, 1]) for k in cfg.box_bump_scales]
+        bumps = [torch.exp(-(dx**2) / (2 * sx**2) - dy**2 / (2 * sy**2)) for sx, sy in sigmas]
         return torch.cat([cos_maps.expand(b, -1, -1, -1), torch.stack(bumps, 1)], 1)
 
     def prompts(self, thetas: np.ndarray, inputs: DecoderInputs) -> np.ndarray:
@@ -202,7 +237,7 @@ class IPDecoder(nn.Module):
         feats = torch.cat([z.new_ones(z.shape[0], 1), z], 1)  # [B, r + 1]
         coef = thetas.view(thetas.shape[0], -1, feats.shape[1])  # [T, 3 * n_maps, r + 1]
         per_image = torch.einsum("tkr,br->tbk", coef, feats)  # [T, B, 3 * n_maps]
-        maps = self._basis_maps(inputs.points01)  # [B, n_maps, S, S]
+        maps = self._basis_maps(inputs)  # [B, n_maps, S, S]
         per_image = per_image.view(*per_image.shape[:2], 3, maps.shape[1])
         return torch.einsum("tbcm,bmhw->tbchw", per_image, maps)
 
@@ -284,6 +319,8 @@ def load_decoder(path: Path, encoder_path: Path | None = None) -> tuple[IPDecode
         )
     cfg_dict = dict(blob["config"])
     cfg_dict["bump_sigmas"] = tuple(cfg_dict["bump_sigmas"])
+    if "box_bump_scales" in cfg_dict:
+        cfg_dict["box_bump_scales"] = tuple(cfg_dict["box_bump_scales"])
     cfg_dict.setdefault("feature_norm", "none")  # checkpoints from before the option had none
     decoder = build_decoder(DecoderConfig(**cfg_dict), encoder_path)
     if decoder.encoder_id != blob["encoder"]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from baps_fed.data.points import PointMode
+from baps_fed.data.prompts import POINT, PromptConfig
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.evaluation.metrics import soft_dice_loss_torch
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.method.ip_decoder import IPDecoder
 from baps_fed.method.perturbations import SeedKey
 from baps_fed.method.spsa_step import batch_rng, sample_batch
+from baps_fed.method.visual_prompt import PIXEL_STD
 
 
 def train_oracle(
@@ -27,7 +28,7 @@ def train_oracle(
     batch_size: int = 8,
     lr: float = 0.02,
     seed: int = 0,
-    point_mode: PointMode = "uniform",
+    prompt: PromptConfig = POINT,
 ) -> np.ndarray:
     """Adam on soft Dice through the FM; the prompted image is clipped but not rounded."""
     images = np.stack([s.image for s in train])
@@ -35,17 +36,20 @@ def train_oracle(
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    std = model.sam.pixel_std
+    std = torch.from_numpy(PIXEL_STD)[:, None, None]  # prompts are in SAM-normalised units
     theta = torch.tensor(decoder.get_theta(), requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
     key = SeedKey(seed, 0, 0)
     for step in range(steps):
-        idx, points = sample_batch(masks, batch_size, batch_rng(key, step), point_mode)
-        inputs = decoder.encode(images[idx], points)
+        idx, prompts = sample_batch(masks, batch_size, batch_rng(key, step), prompt)
+        inputs = decoder.encode(images[idx], prompts)
         prompt = decoder.prompt_tensor(theta[None], inputs)[0]
         x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float()
         x = (x + prompt * std).clamp(0, 255)
-        logits = model(x, torch.from_numpy(points), torch.ones(len(idx), 1))
+        if prompts.points is not None:
+            logits = model(x, torch.from_numpy(prompts.points), torch.ones(len(idx), 1))
+        else:
+            logits = model(x, boxes=torch.from_numpy(prompts.boxes))
         loss = soft_dice_loss_torch(logits, torch.from_numpy(masks[idx])).mean()
         opt.zero_grad()
         loss.backward()

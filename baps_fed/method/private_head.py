@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from baps_fed.data.prompts import Prompts
 from baps_fed.method.ip_decoder import DecoderConfig, DecoderInputs, IPDecoder, build_decoder
 
 PRIVATE_HEADS = ("none", "colour", "basis")
@@ -49,8 +50,8 @@ class WithPrivateHead:
         self.n_shared = shared.num_params
         self.num_params = self.n_shared + self.head.num_params
 
-    def encode(self, images: np.ndarray, points: np.ndarray) -> DecoderInputs:
-        return self.shared.encode(images, points)
+    def encode(self, images: np.ndarray, prompts: Prompts) -> DecoderInputs:
+        return self.shared.encode(images, prompts)
 
     def get_theta(self) -> np.ndarray:
         return np.concatenate([self.shared.get_theta(), self.head.get_theta()])

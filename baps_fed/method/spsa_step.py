@@ -2,7 +2,7 @@
 
 ``spsa_step`` is one zeroth-order step (used by single-site training and by a federated site
 for its local steps): a batch, its K perturbations, ALL 2K prompted copies of the batch in
-ONE FM call, per-image losses, the [B, K] loss differences, the update. Batches, points and
+ONE FM call, per-image losses, the [B, K] loss differences, the update. Batches, prompts and
 perturbations are functions of (seed, round, site, step) only, so a run resumed from a
 checkpoint takes the same next step as one that never stopped.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from baps_fed.data.points import PointMode, sample_point
+from baps_fed.data.prompts import PromptConfig, Prompts, sample_prompts
 from baps_fed.evaluation.metrics import LOSSES
 from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.errors import FMTransientError
@@ -51,7 +51,7 @@ def measured_spsa() -> SpsaConfig:
 class StepConfig:
     batch_size: int = 8
     loss: str = "dice"
-    point_mode: PointMode = "uniform"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     fm_retries: int = 2
     spsa: SpsaConfig = field(default_factory=measured_spsa)
     geass: GeassConfig = field(default_factory=GeassConfig)
@@ -78,17 +78,16 @@ class StepResult:
 
 
 def batch_rng(key: SeedKey, step: int) -> np.random.Generator:
-    """The generator of a step's batch and points: independent of the perturbation stream
+    """The generator of a step's batch and prompts: independent of the perturbation stream
     (same fixed-width seed words as the perturbations, plus one more word)."""
     return np.random.default_rng(seed_words((key.master_seed, key.round, key.site, step, 0)) + [1])
 
 
 def sample_batch(
-    masks: np.ndarray, batch_size: int, rng: np.random.Generator, mode: PointMode
-) -> tuple[np.ndarray, np.ndarray]:
+    masks: np.ndarray, batch_size: int, rng: np.random.Generator, prompt: PromptConfig
+) -> tuple[np.ndarray, Prompts]:
     idx = rng.choice(len(masks), batch_size, replace=len(masks) < batch_size)
-    points = np.stack([sample_point(masks[i], rng, mode) for i in idx])[:, None]
-    return idx, points
+    return idx, sample_prompts(masks, idx, rng, prompt)
 
 
 def calibrate_c(decoder: IPDecoder, target_grey: float, seed: int = 0) -> float:
@@ -96,13 +95,14 @@ def calibrate_c(decoder: IPDecoder, target_grey: float, seed: int = 0) -> float:
 
     The FM sees uint8 pixels: a perturbation under half a grey level vanishes in the cast and
     SPSA then sees L+ = L-. Measured on a fixed synthetic probe (noise images, central points),
-    so it is data-independent and every site of a federation gets the same c.
+    so it is data-independent and every site of a federation gets the same c (whatever prompt
+    kind it trains with: the point probe sets the scale of the weights).
     """
     rng = np.random.default_rng(seed)
     s = decoder.cfg.image_size
     images = rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8)
     points = np.full((4, 1, 2), s / 2, np.float32) + rng.uniform(-s / 4, s / 4, (4, 1, 2))
-    inputs = decoder.encode(images, points)
+    inputs = decoder.encode(images, Prompts(points=points.astype(np.float32)))
     theta = decoder.get_theta()
     delta = np.sign(rng.standard_normal(theta.size)).astype(np.float32) * 0.75
     eps = 1e-2
@@ -131,25 +131,25 @@ def spsa_step(
     dp = cfg.dp
     rng = secret_rng() if dp is not None else batch_rng(key, state.step)
     if dp is None:
-        idx, points = sample_batch(masks, cfg.batch_size, rng, cfg.point_mode)
+        idx, prompts = sample_batch(masks, cfg.batch_size, rng, cfg.prompt)
     else:
         idx = poisson_batch(len(masks), dp.sample_rate, rng)
-        points = _points(masks, idx, rng, cfg.point_mode)
+        prompts = sample_prompts(masks, idx, rng, cfg.prompt)
     deltas = step_perturbations(key, state, cfg.spsa, theta.size)
     b = len(idx)
     diffs, losses, failure, n_images = np.zeros((0, k)), np.zeros((2 * k, 0)), None, 0
     if b:
         batch_images, batch_masks = images[idx], masks[idx]
-        inputs = decoder.encode(batch_images, points)
+        inputs = decoder.encode(batch_images, prompts)
         c = current_c(state, cfg.spsa, cfg.geass)
         thetas = np.concatenate([theta + c * deltas, theta - c * deltas]).astype(np.float32)
-        prompts = decoder.prompts(thetas, inputs)  # [2K, B, 3, S, S]
+        visual = decoder.prompts(thetas, inputs)  # [2K, B, 3, S, S]
         prompted = apply_prompt(
             np.tile(batch_images, (2 * k, 1, 1, 1)),
-            prompts.reshape(2 * k * b, *prompts.shape[2:]),
+            visual.reshape(2 * k * b, *visual.shape[2:]),
         )
         n_images = len(prompted)
-        logits, failure = _query(fm, prompted, np.tile(points, (2 * k, 1, 1)), cfg.fm_retries)
+        logits, failure = _query(fm, prompted, prompts.tile(2 * k), cfg.fm_retries)
         if logits is None:
             diffs = np.full((b, k), np.nan)
             losses = np.full((2 * k, b), np.nan)
@@ -174,19 +174,13 @@ def spsa_step(
     return StepResult(new_theta, new_state, info, loss, n_images, failure, k_vector)
 
 
-def _points(masks: np.ndarray, idx: np.ndarray, rng: np.random.Generator, mode: PointMode):
-    if not len(idx):
-        return np.zeros((0, 1, 2), np.float32)
-    return np.stack([sample_point(masks[i], rng, mode) for i in idx])[:, None]
-
-
 def _is_transient(err: Exception) -> bool:
     """Worth retrying: the network or the service, not the query, the budget or the caller."""
     return isinstance(err, (ConnectionError, TimeoutError, FMTransientError))
 
 
 def _query(
-    fm: BlackboxFM, images: np.ndarray, points: np.ndarray, retries: int
+    fm: BlackboxFM, images: np.ndarray, prompts: Prompts, retries: int
 ) -> tuple[np.ndarray | None, str | None]:
     """The FM's logits, retrying transient failures; None and the reason when they persist.
 
@@ -196,7 +190,7 @@ def _query(
     error = None
     for _ in range(retries + 1):
         try:
-            return fm.segment(images, points), None
+            return fm.segment(images, **prompts.query()), None
         except Exception as err:
             if not _is_transient(err):
                 raise
@@ -205,12 +199,10 @@ def _query(
     return None, error
 
 
-def prompt_fn(
-    decoder: IPDecoder, theta: np.ndarray
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """images, points -> the prompted uint8 images the FM receives (for evaluation)."""
+def prompt_fn(decoder: IPDecoder, theta: np.ndarray) -> Callable[[np.ndarray, Prompts], np.ndarray]:
+    """(images, prompts) -> the prompted uint8 images the FM receives (for evaluation)."""
 
-    def apply(images: np.ndarray, points: np.ndarray) -> np.ndarray:
-        return apply_prompt(images, decoder.prompts(theta, decoder.encode(images, points))[0])
+    def apply(images: np.ndarray, prompts: Prompts) -> np.ndarray:
+        return apply_prompt(images, decoder.prompts(theta, decoder.encode(images, prompts))[0])
 
     return apply

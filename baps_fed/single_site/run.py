@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from baps_fed.data.prompts import PromptConfig
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.data.splits import split_dataset
-from baps_fed.evaluation.evaluate import evaluate_fm, prompt_point
+from baps_fed.evaluation.evaluate import evaluate_fm, sample_prompts
 from baps_fed.evaluation.run_files import plot_dice, plot_examples, write_history, write_json
 from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.errors import QueryBudgetExceeded
@@ -23,10 +24,15 @@ from baps_fed.single_site.training import TrainConfig, TrainResult, train_site
 
 
 def compare_on_test(
-    decoder: IPDecoder, theta: np.ndarray, fm: BlackboxFM, test: SegmentationDataset, seed: int
+    decoder: IPDecoder,
+    theta: np.ndarray,
+    fm: BlackboxFM,
+    test: SegmentationDataset,
+    seed: int,
+    prompting: PromptConfig,
 ) -> dict:
-    zero = evaluate_fm(fm, test, point_seed=seed)
-    tuned = evaluate_fm(fm, test, point_seed=seed, prompt=prompt_fn(decoder, theta))
+    zero = evaluate_fm(fm, test, seed, prompting)
+    tuned = evaluate_fm(fm, test, seed, prompting, prompt=prompt_fn(decoder, theta))
     return {
         "zero_shot": zero.summary(),
         "prompted": tuned.summary(),
@@ -41,24 +47,25 @@ def example_grid(
     fm: BlackboxFM,
     test: SegmentationDataset,
     seed: int,
+    prompting: PromptConfig,
     n: int = 6,
 ) -> Path:
     samples = list(test)[:n]
     images = np.stack([s.image for s in samples])
-    points = np.stack([prompt_point(s, seed) for s in samples])[:, None]
-    prompted = prompt_fn(decoder, theta)(images, points)
+    prompts = sample_prompts(samples, seed, prompting)
+    prompted = prompt_fn(decoder, theta)(images, prompts)
     prompt = np.abs(prompted.astype(np.float32) - images).mean(-1)
     return plot_examples(
         path,
         {
             "image": images,
             "ground truth": np.stack([s.mask for s in samples]).astype(float),
-            "zero-shot": (fm.segment(images, points) > 0).astype(float),
+            "zero-shot": (fm.segment(images, **prompts.query()) > 0).astype(float),
             "prompted image": prompted,
-            "prompted FM": (fm.segment(prompted, points) > 0).astype(float),
+            "prompted FM": (fm.segment(prompted, **prompts.query()) > 0).astype(float),
             "|prompt|": prompt / max(prompt.max(), 1e-6),
         },
-        points,
+        prompts,
     )
 
 
@@ -99,15 +106,17 @@ def run_training(
     budget, fm.budget_images = fm.budget_images, None
     before, stopped, test = fm.meter.images, result.stopped, None
     try:
-        test = compare_on_test(decoder, result.theta, fm, splits["test"], result.config.seed)
+        seed, prompting = result.config.seed, result.config.step.prompt
+        test = compare_on_test(decoder, result.theta, fm, splits["test"], seed, prompting)
         example_grid(
-            run_dir / "examples.png", decoder, result.theta, fm, splits["test"], result.config.seed
+            run_dir / "examples.png", decoder, result.theta, fm, splits["test"], seed, prompting
         )
     except QueryBudgetExceeded as err:  # a remote quota: the trained decoder is kept all the same
         stopped += f"; the test comparison was not finished: {err}"
     finally:
         fm.budget_images = budget
     summary = {
+        "prompt": result.config.step.prompt.describe(),
         "stopped": stopped,
         "best_val_dice": result.best_val_dice,
         "zero_shot_val_dice": result.zero_shot_val_dice,
@@ -143,7 +152,8 @@ def write_report(
         f"# BAPS single-site run: {data.name}",
         "",
         f"FM `{fm.name}`, decoder preset `{decoder.cfg.preset}` ({decoder.num_params} trainable "
-        f"parameters), image encoder `{decoder.encoder_id}`. Stopped: {summary['stopped']}.",
+        f"parameters), image encoder `{decoder.encoder_id}`, prompt: {summary['prompt']}. "
+        f"Stopped: {summary['stopped']}.",
         f"FM image-queries: {summary['fm_images_train']} training, {summary['fm_images_val']} "
         "validation.",
         "",
@@ -165,10 +175,15 @@ def write_report(
 
 
 def run_evaluation(
-    decoder: IPDecoder, fm: BlackboxFM, data: SegmentationDataset, seed: int, split: str = "test"
+    decoder: IPDecoder,
+    fm: BlackboxFM,
+    data: SegmentationDataset,
+    seed: int,
+    prompting: PromptConfig,
+    split: str = "test",
 ) -> dict:
     ds = split_dataset(data)[split] if split != "all" else data
-    return compare_on_test(decoder, decoder.get_theta(), fm, ds, seed) | {
+    return compare_on_test(decoder, decoder.get_theta(), fm, ds, seed, prompting) | {
         "split": split,
         "data": data.name,
     }

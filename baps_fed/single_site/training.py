@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from baps_fed.data.boxes import BoxConfig
+from baps_fed.data.prompts import PromptConfig
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.evaluation.evaluate import evaluate_fm
 from baps_fed.flat_config import require_positive
@@ -173,7 +175,7 @@ def train_site(
     def validate(run: _Progress, theta: np.ndarray) -> float:
         before = fm.meter.images
         try:
-            dice = evaluate_fm(fm, val, point_seed=cfg.seed, prompt=prompt_fn(decoder, theta))
+            dice = evaluate_fm(fm, val, cfg.seed, cfg.step.prompt, prompt=prompt_fn(decoder, theta))
         finally:
             run.val_images += fm.meter.images - before
         return float(dice.dice.mean())
@@ -259,5 +261,15 @@ def decoder_theta(path: Path) -> np.ndarray:
 
 def _config_from_dict(d: dict) -> TrainConfig:
     s = dict(d["step"])
-    step = StepConfig(**{**s, "spsa": SpsaConfig(**s["spsa"]), "geass": GeassConfig(**s["geass"])})
+    p = dict(s.get("prompt", {"point_mode": s.pop("point_mode", "uniform")}))
+    prompt = PromptConfig(**{**p, "box": BoxConfig(**p.get("box", {}))})
+    s.pop("point_mode", None)  # checkpoints from before box prompts
+    step = StepConfig(
+        **{
+            **s,
+            "spsa": SpsaConfig(**s["spsa"]),
+            "geass": GeassConfig(**s["geass"]),
+            "prompt": prompt,
+        }
+    )
     return TrainConfig(**{**d, "step": step})

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from baps_fed.data.points import EmptyMaskError, sample_point
+from baps_fed.data.prompts import POINT, seeded_prompt
 from baps_fed.data.sample import Sample
-from baps_fed.evaluation.evaluate import prompt_point
 from baps_fed.evaluation.metrics import dice_per_image, hd95, iou_per_image
 
 
@@ -58,8 +58,12 @@ def test_empty_mask_and_unknown_mode():
 def test_evaluation_point_depends_only_on_seed_and_name():
     mask = np.ones((20, 20), bool)
     s = Sample(np.zeros((20, 20, 3), np.uint8), mask, "case-1")
-    np.testing.assert_array_equal(prompt_point(s, 0), prompt_point(s, 0))
-    assert not np.array_equal(prompt_point(s, 0), prompt_point(s, 1))
+    np.testing.assert_array_equal(
+        seeded_prompt(s.mask, s.name, 0, POINT), seeded_prompt(s.mask, s.name, 0, POINT)
+    )
+    assert not np.array_equal(
+        seeded_prompt(s.mask, s.name, 0, POINT), seeded_prompt(s.mask, s.name, 1, POINT)
+    )
 
 
 def test_losses_match_torch_and_order_good_over_bad_predictions():

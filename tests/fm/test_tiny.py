@@ -27,7 +27,7 @@ def test_weights_are_small_and_say_how_they_were_made():
 
 @pytest.fixture(scope="module")
 def home_dice(tiny):
-    return evaluate_fm(tiny, general_dataset(96, seed0=30_000_000), point_seed=3).dice.mean()
+    return evaluate_fm(tiny, general_dataset(96, seed0=30_000_000), prompt_seed=3).dice.mean()
 
 
 def test_home_domain_is_segmented_well(home_dice):
@@ -36,7 +36,7 @@ def test_home_domain_is_segmented_well(home_dice):
 
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_medical_modalities_leave_headroom(tiny, home_dice, modality):
-    dice = evaluate_fm(tiny, synthetic_dataset(modality, 48, seed=5), point_seed=5).dice.mean()
+    dice = evaluate_fm(tiny, synthetic_dataset(modality, 48, seed=5), prompt_seed=5).dice.mean()
     assert 0.3 < dice < home_dice - 0.15  # clearly worse than at home, far from hopeless
 
 

@@ -11,6 +11,7 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
+from baps_fed.data.prompts import Prompts  # noqa: E402
 from baps_fed.method.image_encoder import load_image_encoder  # noqa: E402
 from baps_fed.method.ip_decoder import DecoderConfig, build_decoder, load_decoder, save_decoder  # noqa: E402
 
@@ -57,14 +58,17 @@ def test_a_clip_decoder_starts_at_zero_and_reloads_exactly(clip_weights, tmp_pat
     assert dec.num_params == 72  # the basis preset's size does not depend on the encoder
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
-    inputs = dec.encode(images, np.array([[[40, 60]], [[64, 64]]]))
+    inputs = dec.encode(images, Prompts(points=np.array([[[40, 60]], [[64, 64]]])))
     assert np.all(dec.prompts(dec.get_theta(), inputs) == 0)  # step 0 is zero-shot
     theta = rng.normal(0, 0.1, dec.num_params).astype(np.float32)
     dec.set_theta(theta)
     save_decoder(tmp_path / "d.pt", dec)
     back, _ = load_decoder(tmp_path / "d.pt")
     np.testing.assert_array_equal(
-        back.prompts(theta, back.encode(images, np.array([[[40, 60]], [[64, 64]]]))),
+        back.prompts(
+            theta,
+            back.encode(images, Prompts(points=np.array([[[40, 60]], [[64, 64]]]))),
+        ),
         dec.prompts(theta, inputs),
     )
     # the weights moved: the same file elsewhere loads, other weights are refused by name

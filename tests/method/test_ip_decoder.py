@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from baps_fed.data.prompts import Prompts
 from baps_fed.method.image_encoder import SmallImageEncoder
 from baps_fed.method.ip_decoder import DecoderConfig, IPDecoder, load_decoder, save_decoder
 from baps_fed.method.visual_prompt import apply_prompt, grey_levels
@@ -27,7 +28,7 @@ def _batch(b=3):
 def test_step_zero_leaves_images_untouched(preset):
     dec = _decoder(preset)
     images, points = _batch()
-    prompts = dec.prompts(dec.get_theta(), dec.encode(images, points))
+    prompts = dec.prompts(dec.get_theta(), dec.encode(images, Prompts(points=points)))
     assert prompts.shape == (1, 3, 3, 128, 128)
     assert not prompts.any()
     np.testing.assert_array_equal(apply_prompt(images, prompts[0]), images)
@@ -42,7 +43,7 @@ def test_preset_sizes():
 def test_batched_thetas_equal_one_at_a_time(preset):
     dec = _decoder(preset)
     images, points = _batch()
-    inputs = dec.encode(images, points)
+    inputs = dec.encode(images, Prompts(points=points))
     thetas = np.random.default_rng(1).normal(0, 0.1, (4, dec.num_params)).astype(np.float32)
     together = dec.prompts(thetas, inputs)
     for t in range(4):
@@ -57,7 +58,7 @@ def test_basis_bumps_follow_the_point():
     coef[4, 0] = 1.0  # red channel, narrow bump, bias feature
     images, points = _batch(1)
     points[:] = [[[30.0, 90.0]]]
-    red = dec.prompts(coef.ravel(), dec.encode(images, points))[0, 0, 0]
+    red = dec.prompts(coef.ravel(), dec.encode(images, Prompts(points=points)))[0, 0, 0]
     y, x = np.unravel_index(red.argmax(), red.shape)
     assert abs(x - 30) <= 1 and abs(y - 90) <= 1
 
@@ -79,8 +80,8 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, monkeypatch, preset):
     assert torch.equal(loaded.fourier, dec.fourier)
     images, points = _batch()
     np.testing.assert_array_equal(
-        loaded.prompts(theta, loaded.encode(images, points)),
-        dec.prompts(theta, dec.encode(images, points)),
+        loaded.prompts(theta, loaded.encode(images, Prompts(points=points))),
+        dec.prompts(theta, dec.encode(images, Prompts(points=points))),
     )
 
 
@@ -109,9 +110,48 @@ def test_vp_is_input_independent_and_differentiable():
     assert dec.num_params == 3
     images, points = _batch()
     theta = torch.tensor([[0.1, -0.2, 0.3]], requires_grad=True)
-    out = dec.prompt_tensor(theta, dec.encode(images, points))
+    out = dec.prompt_tensor(theta, dec.encode(images, Prompts(points=points)))
     assert out.shape == (1, 3, 3, 128, 128)
     assert torch.allclose(out[0, 0], out[0, 2])
     assert torch.allclose(out[0, 1, 1], torch.full((128, 128), -0.2))
     out.sum().backward()
     assert theta.grad is not None and (theta.grad != 0).all()
+
+
+def _boxes(b=3):
+    return np.array([[20, 30, 60, 90], [70, 10, 120, 40], [0, 0, 128, 128]][:b], np.float32)
+
+
+@pytest.mark.parametrize("preset", ["basis", "paper", "vp"])
+def test_box_prompts_keep_the_decoder_shape_and_start_at_zero(preset):
+    """One decoder (same theta) serves points and boxes; step 0 is the zero-shot FM either way."""
+    dec = _decoder(preset)
+    images, _ = _batch()
+    out = dec.prompts(dec.get_theta(), dec.encode(images, Prompts(boxes=_boxes())))
+    assert out.shape == (1, 3, 3, 128, 128) and not out.any()
+    theta = np.random.default_rng(0).standard_normal(dec.num_params).astype(np.float32) * 0.1
+    assert np.abs(dec.prompts(theta, dec.encode(images, Prompts(boxes=_boxes())))).max() > 0
+
+
+def test_basis_bumps_are_centred_on_the_box_and_scale_with_it():
+    """With boxes, the bumps sit at the box centre, wide along the box's long side."""
+    dec = _decoder("basis")
+    images, _ = _batch(1)
+    n_maps = dec.cfg.cosine_grid**2 + len(dec.cfg.bump_sigmas)
+    coef = np.zeros((3 * n_maps, dec.cfg.feature_rank + 1), np.float32)
+    coef[n_maps - 1, 0] = 1.0  # red channel, the wide bump, bias term only
+    wide = Prompts(boxes=np.array([[10, 50, 110, 70]]))  # 100 x 20 box centred at (60, 60)
+    red = dec.prompts(coef.ravel(), dec.encode(images, wide))[0, 0, 0]
+    y, x = np.unravel_index(red.argmax(), red.shape)
+    assert abs(x - 60) <= 1 and abs(y - 60) <= 1
+    assert red[60, 100] > 10 * red[100, 60]  # 40 px along the box vs 40 px across it
+
+
+def test_box_corners_change_the_paper_decoders_embedding():
+    dec = _decoder("paper")
+    images, _ = _batch(2)
+    a = dec.encode(images, Prompts(boxes=_boxes(2)))
+    b = dec.encode(images, Prompts(boxes=_boxes(2)[:, [0, 1, 2, 3]] + [0, 0, 5, 5]))
+    assert a.point_embedding.shape == (2, 2 * dec.cfg.fourier_dim)
+    assert not torch.equal(a.point_embedding, b.point_embedding)  # the far corner matters
+    torch.testing.assert_close(a.points01, torch.tensor([[40.5, 60.5], [95.5, 25.5]]) / 128)

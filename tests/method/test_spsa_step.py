@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from baps_fed.data.boxes import BoxConfig
+from baps_fed.data.prompts import PromptConfig, Prompts
 from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.errors import FMRefused, FMTransientError, QueryBudgetExceeded
 from baps_fed.fm.sam_batched import BatchedSam
@@ -103,7 +105,7 @@ def test_budget_ends_the_run_instead_of_being_retried(setup, small_sam):
 def test_calibrated_perturbation_survives_the_uint8_cast(setup):
     dec, _, images, _, cfg = setup
     points = np.full((6, 1, 2), 32.0, np.float32)
-    inputs = dec.encode(images, points)
+    inputs = dec.encode(images, Prompts(points=points))
     delta = np.where(np.random.default_rng(3).random(dec.num_params) < 0.5, -1, 1) * 0.75
     plus, minus = dec.prompts(np.stack([cfg.spsa.c * delta, -cfg.spsa.c * delta]), inputs)
     moved = np.abs(apply_prompt(images, plus).astype(int) - apply_prompt(images, minus)).mean()
@@ -203,3 +205,32 @@ def test_refusals_and_a_spent_budget_are_not_retried(setup, small_sam, error):
     with pytest.raises(type(error)):
         spsa_step(dec, fm, images, masks, dec.get_theta(), SpsaState(), cfg, KEY)
     assert fm.error is None and fm.meter.calls == 0  # raised once, never retried
+
+
+class RecordingFM(BlackboxFM):
+    prompt_kinds = frozenset({"box"})
+
+    def __init__(self, inner: BlackboxFM) -> None:
+        super().__init__()
+        self.inner, self.queries = inner, []
+
+    def _segment(self, q):
+        self.queries.append(q)
+        return self.inner.segment(q.images, q.points, q.labels, q.boxes)
+
+
+def test_box_prompts_reach_the_fm_for_all_2k_copies(setup, small_sam):
+    dec, _, images, masks, cfg = setup
+    fm = RecordingFM(TorchSamFM(BatchedSam(small_sam), "small"))
+    cfg = replace(cfg, prompt=PromptConfig(kind="box", box=BoxConfig(protocol="tight")))
+    res = spsa_step(dec, fm, images, masks, dec.get_theta(), SpsaState(), cfg, KEY)
+    (q,) = fm.queries
+    k = cfg.spsa.sp_avg
+    assert q.points is None and q.boxes.shape == (2 * k * 3, 4)
+    boxes = q.boxes.reshape(2 * k, 3, 4)
+    assert (boxes == boxes[:1]).all()  # every perturbed copy of an image has the same box
+    assert (boxes[0, :, :2] <= [15, 20]).all() and (boxes[0, :, 2:] >= [44, 39]).all()  # tight
+    assert res.failure is None and np.abs(res.theta).max() > 0
+    again = spsa_step(dec, fm, images, masks, dec.get_theta(), SpsaState(), cfg, KEY)
+    np.testing.assert_array_equal(fm.queries[1].boxes, q.boxes)  # boxes seeded by the step
+    np.testing.assert_array_equal(again.theta, res.theta)
