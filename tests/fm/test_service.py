@@ -276,6 +276,7 @@ class _SlowFM(BlackboxFM):
     def __init__(self, inner: BlackboxFM, delay_s: float) -> None:
         super().__init__()
         self.inner, self.delay_s, self.name = inner, delay_s, "slow"
+        self.prompt_kinds = inner.prompt_kinds
         self.entered = threading.Event()
 
     def _segment(self, q):

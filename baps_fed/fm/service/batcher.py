@@ -4,10 +4,12 @@ A SAM forward over B images costs far less than B forwards of one image (one enc
 batched decoder pass), so a shared FM serving N sites should merge what arrives together. One
 worker thread owns the FM; request handlers put a job on a queue and wait on its future. The
 worker takes the oldest job, waits at most ``wait_s`` after that job's arrival for more, and runs
-every waiting job with the same (H, W, N points) as the oldest, up to ``max_batch`` images, as ONE
-FM call; then it splits the logits back per job. Jobs of another shape wait for the next call
-(only equal shapes can be stacked; padding points would change SAM's output). A job larger than
-``max_batch`` runs alone (the FM chunks it itself). ``max_batch=1`` turns merging off.
+every waiting job with the same key as the oldest, up to ``max_batch`` images, as ONE FM call;
+then it splits the logits back per job. The key is (H, W, N points or none, box or none): only
+equal shapes of the same prompt kinds can be stacked (padding points would change SAM's output,
+and a batch is one call with one set of prompt arrays). Jobs of another key wait for the next
+call. A job larger than ``max_batch`` runs alone (the FM chunks it itself). ``max_batch=1`` turns
+merging off. If a merged call fails, its jobs are run one by one, so only the culprit fails.
 
 Shutdown: ``stop`` closes the batcher under the same lock ``submit`` queues under, so a job is
 either queued before the worker's last look at the queue (and run) or refused at once with
@@ -29,6 +31,13 @@ import numpy as np
 from baps_fed.fm.contract import BlackboxFM
 
 
+def _concatenate(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+    """One field of equal-key jobs stacked (all None together: the key says so)."""
+    if arrays[0] is None:
+        return None
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
 class BatcherClosed(RuntimeError):
     """The FM server is shutting down: the job was refused or will never run."""
 
@@ -38,16 +47,19 @@ SHUTTING_DOWN = "the FM server is shutting down"
 
 @dataclass(eq=False)  # identity, not array comparison: jobs are removed from a list
 class Job:
-    images: np.ndarray
-    points: np.ndarray
-    labels: np.ndarray
+    images: np.ndarray  # uint8 [B,H,W,3]
+    points: np.ndarray | None  # float32 [B,N,2]
+    labels: np.ndarray | None  # [B,N], with points
+    boxes: np.ndarray | None = None  # float32 [B,4]
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
     seconds: float = 0.0  # this job's share of the FM call's time, set before the result
 
     @property
-    def key(self) -> tuple[int, int, int]:
-        return self.images.shape[1], self.images.shape[2], self.points.shape[1]
+    def key(self) -> tuple[int, int, int | None, bool]:
+        """Jobs with equal keys can be concatenated into one FM call."""
+        n_points = None if self.points is None else self.points.shape[1]
+        return self.images.shape[1], self.images.shape[2], n_points, self.boxes is not None
 
     @property
     def n(self) -> int:
@@ -102,12 +114,18 @@ class MicroBatcher:
             self._thread.join()
         self._fail_leftovers()  # a worker that never started (or died) leaves jobs behind
 
-    def submit(self, images: np.ndarray, points: np.ndarray, labels: np.ndarray) -> Job:
+    def submit(
+        self,
+        images: np.ndarray,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        boxes: np.ndarray | None = None,
+    ) -> Job:
         """Queue validated inputs; the job's future gets logits float32 [B,H,W] or the error.
 
         Raises ``BatcherClosed`` at once after ``stop`` (or once the worker has ended).
         """
-        job = Job(images, points, labels)
+        job = Job(images, points, labels, boxes)
         with self._lock:
             if self._stop.is_set():
                 raise BatcherClosed(f"{SHUTTING_DOWN}; no new requests are taken")
@@ -199,14 +217,12 @@ class MicroBatcher:
 
     def _execute(self, jobs: list[Job]) -> None:
         try:
-            if len(jobs) == 1:
-                images, points, labels = jobs[0].images, jobs[0].points, jobs[0].labels
-            else:
-                images = np.concatenate([j.images for j in jobs])
-                points = np.concatenate([j.points for j in jobs])
-                labels = np.concatenate([j.labels for j in jobs])
+            images, points, labels, boxes = (
+                _concatenate([getattr(j, name) for j in jobs])
+                for name in ("images", "points", "labels", "boxes")
+            )
             start = time.perf_counter()
-            logits = self.fm.segment(images, points, labels)
+            logits = self.fm.segment(images, points, labels, boxes)
             seconds = time.perf_counter() - start
         except Exception as err:
             if len(jobs) > 1:  # find the culprit: only its own request should fail

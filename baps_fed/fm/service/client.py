@@ -18,7 +18,9 @@ Spec options (URL query; all optional)::
     max_message_mb=M largest message this client sends or accepts (default 256)
 
 The client keeps its own ``QueryMeter`` and local budget like every BlackboxFM; the service's
-quota and metering are separate and authoritative for billing.
+quota and metering are separate and authoritative for billing. Its ``prompt_kinds`` are those of
+the FM behind the service, asked once (Describe) on first use; a server from before Describe
+takes points only.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 import grpc
 import numpy as np
 
-from baps_fed.fm.contract import BlackboxFM, Query
+from baps_fed.fm.contract import PROMPT_KINDS, BlackboxFM, Query
 from baps_fed.fm.errors import FMInputError
 from baps_fed.fm.service import codec, protos
 from baps_fed.fm.service.errors import (
@@ -50,6 +52,7 @@ from baps_fed.fm.service.errors import (
 
 TOKEN_ENV = "BAPS_FED_FM_TOKEN"
 MB = 1024 * 1024
+POINTS_ONLY = frozenset({"point"})  # what a server without Describe accepts
 
 
 @dataclass
@@ -135,6 +138,10 @@ def parse_grpc_spec(spec: str) -> tuple[str, GrpcFMOptions]:
         raise GrpcSpecError(f"FM spec: {err}") from err
 
 
+class _Unimplemented(Exception):
+    """The server does not have this RPC (an older server)."""
+
+
 class GrpcFM(BlackboxFM):
     """A BlackboxFM whose forward pass runs in a ``baps-fed fm serve`` process."""
 
@@ -151,6 +158,20 @@ class GrpcFM(BlackboxFM):
         self._pb2, pb2_grpc = protos.load()
         self._channel = self._open_channel()
         self._stub = pb2_grpc.FMServiceStub(self._channel)
+        self._prompt_kinds: frozenset[str] | None = None
+
+    @property  # type: ignore[override]
+    def prompt_kinds(self) -> frozenset[str]:
+        """The prompt kinds of the FM behind the service, asked on first use (with the spec's
+        deadline and retries; its errors are the same as ``segment``'s)."""
+        if self._prompt_kinds is None:
+            try:
+                reply = self._call(self._stub.Describe, self._pb2.DescribeRequest(), 0, True)
+            except _Unimplemented:  # a server that predates Describe (and boxes)
+                self._prompt_kinds = POINTS_ONLY
+            else:  # kinds this client cannot send are left out
+                self._prompt_kinds = frozenset(reply.prompt_kinds) & frozenset(PROMPT_KINDS)
+        return self._prompt_kinds
 
     @classmethod
     def from_spec(cls, spec: str, budget_images: int | None = None) -> GrpcFM:
@@ -199,23 +220,34 @@ class GrpcFM(BlackboxFM):
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def _segment(self, query: Query) -> np.ndarray:
-        if query.boxes is not None:  # until the wire format carries boxes
-            raise FMInputError(f"{self.name}: the FM service does not carry box prompts yet")
-        images, points, labels = query.images, query.points, query.labels
         o = self.options
         request = codec.encode_request(
-            self._pb2.SegmentRequest(), images, points, labels, o.png, o.dtype
+            self._pb2.SegmentRequest(),
+            query.images,
+            query.points,
+            query.labels,
+            o.png,
+            o.dtype,
+            query.boxes,
         )
+        reply = self._call(self._stub.Segment, request, query.images.shape[0])
+        return codec.read_logits(reply.logits)
+
+    def _call(self, method: Any, request: Any, n: int, optional: bool = False) -> Any:
+        """One RPC with the token, deadline and retries; errors translated (see _translate).
+        ``optional``: the server may lack this RPC (``_Unimplemented`` is raised then)."""
+        o = self.options
         metadata = (("authorization", f"Bearer {o.token}"),) if o.token else ()
         delay = o.backoff_s
         for attempt in range(o.retries + 1):
             try:
-                reply = self._stub.Segment(request, timeout=o.deadline_s, metadata=metadata)
-                return codec.read_logits(reply.logits)
+                return method(request, timeout=o.deadline_s, metadata=metadata)
             except grpc.RpcError as err:
+                if optional and err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    raise _Unimplemented() from None
                 wait = self._retry_wait(err, delay) if attempt < o.retries else None
                 if wait is None:
-                    raise self._translate(err, images.shape[0], request, attempt + 1) from None
+                    raise self._translate(err, n, request, attempt + 1) from None
                 time.sleep(wait)
                 delay = min(delay * 2, o.max_backoff_s)
         raise AssertionError("unreachable")

@@ -48,9 +48,10 @@ class RequestError(FMInputError):
 @dataclass
 class DecodedRequest:
     images: np.ndarray  # uint8 [B,H,W,3]
-    points: np.ndarray  # float32 [B,N,2]
+    points: np.ndarray | None  # float32 [B,N,2] or None (a box-only query)
     labels: np.ndarray | None  # int32 [B,N] or None (all foreground)
     output_dtype: int  # FLOAT32 or FLOAT16
+    boxes: np.ndarray | None = None  # float32 [B,4] or None (a point-only query)
 
 
 def fill_tensor(msg: Any, array: np.ndarray, dtype: int) -> None:
@@ -61,14 +62,15 @@ def fill_tensor(msg: Any, array: np.ndarray, dtype: int) -> None:
     msg.data = arr.tobytes()
 
 
-def read_tensor(msg: Any, name: str, dtype: int, ndim: int) -> np.ndarray:
-    """The array in a ``Tensor`` message, after checking its dtype, rank and byte length."""
+def read_tensor(msg: Any, name: str, dtype: int, ndim: int, layout: str = "") -> np.ndarray:
+    """The array in a ``Tensor`` message, after checking its dtype, rank and byte length;
+    ``layout`` (e.g. " [B,4]") is shown in the rank error."""
     if msg.dtype != dtype:
         got = DTYPE_NAMES.get(msg.dtype, f"enum value {msg.dtype}")
         raise RequestError(f"{name} must be {DTYPE_NAMES[dtype]}, got {got}")
     shape = tuple(int(s) for s in msg.shape)
     if len(shape) != ndim or any(s < 0 for s in shape):
-        raise RequestError(f"{name} must be a {ndim}-d array, got shape {list(shape)}")
+        raise RequestError(f"{name} must be a {ndim}-d array{layout}, got shape {list(shape)}")
     itemsize = NUMPY_DTYPES[dtype].itemsize
     expected = int(np.prod(shape, dtype=np.int64)) * itemsize
     if len(msg.data) != expected:
@@ -135,12 +137,17 @@ def fill_images(msg: Any, images: np.ndarray, png: bool) -> None:
         fill_tensor(msg.raw, images, UINT8)
 
 
-def read_images(msg: Any, max_pixels: int | None = None, batch: int | None = None) -> np.ndarray:
+def read_images(
+    msg: Any,
+    max_pixels: int | None = None,
+    batch: int | None = None,
+    prompt: str = "points have shape [B,N,2]",
+) -> np.ndarray:
     """uint8 [B,H,W,3] from raw bytes or PNGs.
 
     PNG headers are checked before any pixel is decoded: every image must declare the same
-    W x H, ``batch`` (when given, the B of the request's points) images must be sent, and
-    B*H*W must not exceed ``max_pixels``.
+    W x H, ``batch`` (when given, the B of the request's prompt, which ``prompt`` describes)
+    images must be sent, and B*H*W must not exceed ``max_pixels``.
     """
     which = msg.WhichOneof("payload")
     if which == "raw":
@@ -152,8 +159,8 @@ def read_images(msg: Any, max_pixels: int | None = None, batch: int | None = Non
             raise RequestError("empty query: no PNG images in the batch")
         if batch is not None and len(files) != batch:
             raise RequestError(
-                f"{len(files)} PNG images but points have shape [B,N,2] with B={batch}; "
-                "send one PNG per row of points"
+                f"{len(files)} PNG images but {prompt} with B={batch}; "
+                "send one PNG per image of the prompt"
             )
         sizes = [png_size(data, i) for i, data in enumerate(files)]
         if len(set(sizes)) > 1:
@@ -177,24 +184,42 @@ def read_images(msg: Any, max_pixels: int | None = None, batch: int | None = Non
 def encode_request(
     request: Any,
     images: np.ndarray,
-    points: np.ndarray,
+    points: np.ndarray | None,
     labels: np.ndarray | None,
     png: bool,
     output_dtype: str,
+    boxes: np.ndarray | None = None,
 ) -> Any:
-    """Fill a ``SegmentRequest`` (already validated arrays)."""
+    """Fill a ``SegmentRequest`` (already validated arrays); an absent prompt stays unset."""
     fill_images(request.images, images, png)
-    fill_tensor(request.points, points, FLOAT32)
+    if points is not None:
+        fill_tensor(request.points, points, FLOAT32)
     if labels is not None:
         fill_tensor(request.labels, labels, INT32)
+    if boxes is not None:
+        fill_tensor(request.boxes, boxes, FLOAT32)
     request.output_dtype = OUTPUT_DTYPES[output_dtype]
     return request
 
 
 def decode_request(request: Any, max_pixels: int | None = None) -> DecodedRequest:
-    """Checked arrays of a ``SegmentRequest``; ``max_pixels`` bounds B*H*W (see max_pixels_for)."""
-    points = read_tensor(request.points, "points", FLOAT32, 3)
-    images = read_images(request.images, max_pixels, batch=points.shape[0])
+    """Checked arrays of a ``SegmentRequest``; ``max_pixels`` bounds B*H*W (see max_pixels_for).
+
+    Points and boxes are each optional, not both: a request from a client that predates boxes
+    (field 5 unset) decodes as before.
+    """
+    points = boxes = None
+    if request.HasField("points"):
+        points = read_tensor(request.points, "points", FLOAT32, 3, " [B,N,2]")
+    if request.HasField("boxes"):
+        boxes = read_tensor(request.boxes, "boxes", FLOAT32, 2, " [B,4]")
+    if points is not None:
+        batch, prompt = points.shape[0], "points have shape [B,N,2]"
+    elif boxes is not None:
+        batch, prompt = boxes.shape[0], "boxes have shape [B,4]"
+    else:
+        raise RequestError("a query needs a prompt: set points [B,N,2] and/or boxes [B,4]")
+    images = read_images(request.images, max_pixels, batch, prompt)
     labels = None
     if request.HasField("labels"):
         labels = read_tensor(request.labels, "labels", INT32, 2)
@@ -202,7 +227,7 @@ def decode_request(request: Any, max_pixels: int | None = None) -> DecodedReques
     if out not in (FLOAT32, FLOAT16):
         got = DTYPE_NAMES.get(out, f"enum value {out}")
         raise RequestError(f"output_dtype must be FLOAT32 or FLOAT16, got {got}")
-    return DecodedRequest(images, points, labels, out)
+    return DecodedRequest(images, points, labels, out, boxes)
 
 
 def fill_logits(msg: Any, logits: np.ndarray, dtype: int) -> None:

@@ -1,11 +1,13 @@
 """``baps-fed fm serve``: any BlackboxFM behind a metered, authenticated gRPC service.
 
-A site then needs only an address and a token, never the weights. Request handlers (a thread
-pool) decode and check requests, authenticate, admit them against quota and rate limit, and hand
-them to the micro-batcher, whose single worker thread is the FM's only caller. Status codes:
-INVALID_ARGUMENT for malformed requests and FM contract violations, UNAUTHENTICATED for a
-missing/unknown token, RESOURCE_EXHAUSTED for quota, rate and message size (told apart by the
-``baps-fm-error`` trailing metadata). The standard health service reports SERVING until shutdown.
+A site then needs only an address and a token, never the weights (nor the FM's name: Describe
+tells a client only the prompt kinds it accepts). Request handlers (a thread pool) decode and
+check requests, authenticate, admit them against quota and rate limit, and hand them to the
+micro-batcher, whose single worker thread is the FM's only caller. Status codes:
+INVALID_ARGUMENT for malformed requests, FM contract violations and prompt kinds the FM does not
+accept, UNAUTHENTICATED for a missing/unknown token, RESOURCE_EXHAUSTED for quota, rate and
+message size (told apart by the ``baps-fm-error`` trailing metadata). The standard health service
+reports SERVING until shutdown.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from baps_fed.fm.contract import BlackboxFM, validate_query
+from baps_fed.fm.contract import BlackboxFM, Query, unsupported_prompt_message, validate_query
 from baps_fed.fm.errors import FMInputError, QueryBudgetExceeded
 from baps_fed.fm.service import codec, protos
 from baps_fed.fm.service.batcher import BatcherClosed, BatchStats, MicroBatcher
@@ -39,6 +41,7 @@ from baps_fed.fm.service.tokens import (
 )
 
 SERVICE_NAME = "baps_fed.fm.v1.FMService"
+FM_SHOWN = "this FM service"  # the FM's own name (a spec, maybe a path) stays on the server
 MB = 1024 * 1024
 
 
@@ -101,6 +104,7 @@ class _Servicer:
     ) -> None:
         self.pb2, _ = protos.load()
         self.batcher = batcher
+        self.prompt_kinds = frozenset(batcher.fm.prompt_kinds)
         self.ledger = ledger
         self.policies = policies
         self.max_message_bytes = max_message_bytes
@@ -145,15 +149,23 @@ class _Servicer:
             )
         return policy
 
+    def Describe(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
+        self._authenticate(context)
+        return self.pb2.DescribeResponse(prompt_kinds=sorted(self.prompt_kinds))
+
     def Segment(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
         policy = self._authenticate(context)
         try:
             req = codec.decode_request(request, self.max_pixels)
-            query = validate_query(req.images, req.points, req.labels)
-            images, points, labels = query.images, query.points, query.labels
+            query = validate_query(req.images, req.points, req.labels, req.boxes)
+            # refused here, before quota is charged (the FM would refuse it too, naming itself)
+            refused = [kind for kind in query.kinds if kind not in self.prompt_kinds]
+            if refused:
+                message = unsupported_prompt_message(FM_SHOWN, refused[0], self.prompt_kinds)
+                raise FMInputError(message)
         except FMInputError as err:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        n, h, w = images.shape[:3]
+        n, h, w = query.images.shape[:3]
         itemsize = codec.NUMPY_DTYPES[req.output_dtype].itemsize
         reply_bytes = n * h * w * itemsize + 64
         if reply_bytes > self.max_message_bytes:
@@ -178,7 +190,7 @@ class _Servicer:
             )
         ok, seconds = False, 0.0
         try:
-            logits, fm_seconds = self._run(context, images, points, labels)
+            logits, fm_seconds = self._run(context, query)
             response = self.pb2.SegmentResponse()
             codec.fill_logits(response.logits, logits, req.output_dtype)
             ok, seconds = True, fm_seconds
@@ -186,10 +198,10 @@ class _Servicer:
         finally:
             self.ledger.settle(policy.name, n, seconds, ok)
 
-    def _run(self, context: Any, images: Any, points: Any, labels: Any) -> tuple[Any, float]:
+    def _run(self, context: Any, query: Query) -> tuple[Any, float]:
         """Logits from the micro-batcher, and this request's share of FM seconds."""
         try:
-            job = self.batcher.submit(images, points, labels)
+            job = self.batcher.submit(query.images, query.points, query.labels, query.boxes)
         except RuntimeError as err:
             self._abort(context, grpc.StatusCode.UNAVAILABLE, f"{err}; retry shortly")
         context.add_callback(job.future.cancel)
