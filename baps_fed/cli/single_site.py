@@ -16,7 +16,7 @@ from baps_fed.data.boxes import BOX_PROTOCOLS, BoxConfig
 from baps_fed.data.modalities import MODALITIES
 from baps_fed.data.prompts import PROMPT_KINDS, PromptConfig
 from baps_fed.federation.contract import SiteSpec
-from baps_fed.method.ip_decoder import DecoderConfig
+from baps_fed.method.ip_decoder import ADAPT_KINDS, DecoderConfig
 from baps_fed.method.spsa import GeassConfig, SpsaConfig
 from baps_fed.method.spsa_step import StepConfig
 from baps_fed.single_site.training import TrainConfig
@@ -133,6 +133,7 @@ _RUN_SETTINGS = {
     "--preset": ("decoder", "preset"),
     "--vp-grid": ("decoder", "vp_grid"),
     "--image-encoder": ("decoder", "image_encoder"),
+    "--adapt": ("decoder", "adapt"),
     "--prompt": ("step", "prompt", "kind"),
     "--point-mode": ("step", "prompt", "point_mode"),
     "--box-protocol": ("step", "prompt", "box", "protocol"),
@@ -179,6 +180,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     check_folder(args.out, RUN_MARKERS, args.resume, args.overwrite)  # before anything loads
     cfg = _train_config(args)  # its numbers checked before data or FM load
+    if args.adapt != "prompt" and cfg.step.prompt.kind != "box":
+        raise ValueError(f"--adapt {args.adapt} refines box prompts: add --prompt box")
     if args.n < 1:
         raise ValueError(f"n must be a positive whole number of synthetic cases, got {args.n}")
     last = args.out / "checkpoints" / "last.pt"
@@ -192,6 +195,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 vp_grid=args.vp_grid,
                 init_seed=args.seed,
                 image_encoder=args.image_encoder,
+                adapt=args.adapt,
             )
         )
     fm = load_fm(args.fm, budget_images=args.budget)
@@ -323,6 +327,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=DecoderConfig.image_encoder,
         help="the decoder's frozen image encoder: small (shipped) or clip:[MODEL:]PATH, CLIP's "
         "image tower from local open_clip weights (pip install 'baps-fed[clip]')",
+    )
+    p.add_argument(
+        "--adapt",
+        default=DecoderConfig.adapt,
+        choices=ADAPT_KINDS,
+        help="what SPSA learns: the visual prompt, the box sent to the FM (a per-side move "
+        "conditioned on the image; --prompt box), or both",
     )
     p.add_argument("--steps", type=int, default=run.steps)
     p.add_argument("--batch", type=int, default=step.batch_size)

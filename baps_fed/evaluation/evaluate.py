@@ -17,8 +17,8 @@ from baps_fed.evaluation.metrics import dice_per_image, hd95_per_image, iou_per_
 from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.errors import QueryBudgetExceeded
 
-# (images uint8 [B,H,W,3], their prompts) -> prompted images uint8 [B,H,W,3]
-PromptFn = Callable[[np.ndarray, Prompts], np.ndarray]
+# (images uint8 [B,H,W,3], their prompts) -> (prompted images, the prompts the FM receives)
+PromptFn = Callable[[np.ndarray, Prompts], tuple[np.ndarray, Prompts]]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def evaluate_fm(
         masks = np.stack([s.mask for s in chunk])
         prompts = sample_prompts(chunk, prompt_seed, prompting)
         if prompt is not None:
-            images = prompt(images, prompts)
+            images, prompts = prompt(images, prompts)
         try:
             pred = fm.segment(images, **prompts.query()) > 0
         except QueryBudgetExceeded as err:

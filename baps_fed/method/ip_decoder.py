@@ -39,10 +39,12 @@ from torch.func import functional_call
 
 import baps_fed
 from baps_fed.data.prompts import Prompts
+from baps_fed.method.box_refiner import SIDES, refine_boxes
 from baps_fed.method.image_encoder import load_image_encoder, with_weights
 from baps_fed.method.visual_prompt import PIXEL_MEAN, PIXEL_STD
 
 CHECKPOINT_FORMAT = "baps-fed-decoder/1"
+ADAPT_KINDS = ("prompt", "box", "both")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class DecoderConfig:
     # the frozen image encoder (image_encoder.load_image_encoder): "small" is the shipped one,
     # "clip:[MODEL:]PATH" CLIP's image tower from local weights, as in BAPS (baps-fed[clip])
     image_encoder: str = "small"
+    # what SPSA adapts: the visual "prompt", the "box" the FM receives (box_refiner.py, box
+    # prompts only), or "both"
+    adapt: Literal["prompt", "box", "both"] = "prompt"
 
 
 @dataclass(frozen=True)
@@ -137,20 +142,36 @@ class IPDecoder(nn.Module):
             )
         else:
             raise ValueError(f"unknown decoder preset {cfg.preset!r}; use basis, paper or vp")
+        if cfg.adapt not in ADAPT_KINDS:
+            raise ValueError(f"adapt must be one of {', '.join(ADAPT_KINDS)}, got {cfg.adapt!r}")
+        if cfg.adapt == "box":  # the box alone: no visual prompt
+            self.head = nn.ParameterDict()
+        sides = torch.zeros(SIDES, cfg.feature_rank + 1)
+        self.refiner = nn.ParameterDict(
+            {"sides": nn.Parameter(sides)} if cfg.adapt in ("box", "both") else {}
+        )
         self._names = [n for n, _ in self.head.named_parameters()]
         self._shapes = [p.shape for _, p in self.head.named_parameters()]
+        self.n_visual = sum(p.numel() for p in self.head.parameters())
 
-    # -- the flat trainable vector SPSA works on ------------------------------------------------
+    # -- the flat trainable vector SPSA works on: [visual prompt, box refiner] --------------------
+    def _trainable(self) -> list[nn.Parameter]:
+        return [*self.head.parameters(), *self.refiner.parameters()]
+
     @property
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.head.parameters())
+        return sum(p.numel() for p in self._trainable())
+
+    @property
+    def refines_boxes(self) -> bool:
+        return len(self.refiner) > 0
 
     def get_theta(self) -> np.ndarray:
-        return nn.utils.parameters_to_vector(self.head.parameters()).detach().numpy().copy()
+        return nn.utils.parameters_to_vector(self._trainable()).detach().numpy().copy()
 
     def set_theta(self, theta: np.ndarray) -> None:
         nn.utils.vector_to_parameters(
-            torch.as_tensor(theta, dtype=torch.float32), self.head.parameters()
+            torch.as_tensor(theta, dtype=torch.float32), self._trainable()
         )
 
     def _unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -220,7 +241,10 @@ class IPDecoder(nn.Module):
 
     def prompt_tensor(self, thetas: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
         """Differentiable in ``thetas`` [T, D] (the white-box oracle back-propagates through it)."""
-        thetas = thetas.float()
+        thetas = thetas.float()[:, : self.n_visual]
+        if self.n_visual == 0:  # adapt="box": the pixels are left alone
+            s, b = self.cfg.image_size, inputs.points01.shape[0]
+            return thetas.new_zeros(thetas.shape[0], b, 3, s, s)
         if self.cfg.preset == "basis":
             return self._basis_prompts(thetas, inputs)
         if self.cfg.preset == "vp":
@@ -230,11 +254,25 @@ class IPDecoder(nn.Module):
             return full[:, None].expand(-1, inputs.points01.shape[0], -1, -1, -1)
         return torch.stack([self._paper_prompt(th, inputs) for th in thetas])
 
-    def _basis_prompts(self, thetas: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
+    def features(self, inputs: DecoderInputs) -> torch.Tensor:
+        """[B, r + 1]: a bias and a fixed low-rank projection of the image embedding."""
         e = inputs.image_embedding
         z = (e / (e.norm(dim=1, keepdim=True) + 1e-8)) @ self.projection  # [B, r]
         z = (z - self.feat_mean) / self.feat_std
-        feats = torch.cat([z.new_ones(z.shape[0], 1), z], 1)  # [B, r + 1]
+        return torch.cat([z.new_ones(z.shape[0], 1), z], 1)
+
+    def refine(self, thetas: np.ndarray, inputs: DecoderInputs, prompts: Prompts, hw) -> Prompts:
+        """The prompts the FM receives under each of T weight vectors: boxes [T*B, 4] moved by
+        the refiner (T-major, as the prompted images are), or the given prompts repeated."""
+        t = np.atleast_2d(thetas)
+        if not self.refines_boxes or prompts.boxes is None:
+            return prompts.tile(len(t))
+        coef = torch.as_tensor(t[:, self.n_visual :]).view(len(t), SIDES, -1)
+        boxes = refine_boxes(coef, self.features(inputs), prompts.boxes, hw)
+        return Prompts(boxes=boxes.reshape(-1, 4))
+
+    def _basis_prompts(self, thetas: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
+        feats = self.features(inputs)  # [B, r + 1]
         coef = thetas.view(thetas.shape[0], -1, feats.shape[1])  # [T, 3 * n_maps, r + 1]
         per_image = torch.einsum("tkr,br->tbk", coef, feats)  # [T, B, 3 * n_maps]
         maps = self._basis_maps(inputs)  # [B, n_maps, S, S]

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 # c is set so that it moves the prompt by this many grey levels (``calibrate_c``)
 TARGET_GREY = 3.0
+# c of the box refiner alone: what calibration gives the basis decoder (0.039 at 128 px,
+# 0.037 at 256), so one c serves both parts of adapt="both"; it moves a side by a few per cent
+# of the box's size, a pixel or more on a 256 px FM input that truncates boxes to integers
+BOX_C = 0.04
 
 
 def measured_spsa() -> SpsaConfig:
@@ -98,6 +102,8 @@ def calibrate_c(decoder: IPDecoder, target_grey: float, seed: int = 0) -> float:
     so it is data-independent and every site of a federation gets the same c (whatever prompt
     kind it trains with: the point probe sets the scale of the weights).
     """
+    if decoder.cfg.adapt == "box":
+        return BOX_C
     rng = np.random.default_rng(seed)
     s = decoder.cfg.image_size
     images = rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8)
@@ -149,7 +155,8 @@ def spsa_step(
             visual.reshape(2 * k * b, *visual.shape[2:]),
         )
         n_images = len(prompted)
-        logits, failure = _query(fm, prompted, prompts.tile(2 * k), cfg.fm_retries)
+        sent = _sent_prompts(decoder, thetas, inputs, prompts, batch_images.shape[1:3])
+        logits, failure = _query(fm, prompted, sent, cfg.fm_retries)
         if logits is None:
             diffs = np.full((b, k), np.nan)
             losses = np.full((2 * k, b), np.nan)
@@ -172,6 +179,12 @@ def spsa_step(
         logger.warning("step %d skipped: %s", state.step, failure)
     loss = float(np.nanmean(losses)) if np.isfinite(losses).any() else float("nan")
     return StepResult(new_theta, new_state, info, loss, n_images, failure, k_vector)
+
+
+def _sent_prompts(decoder, thetas: np.ndarray, inputs, prompts: Prompts, hw) -> Prompts:
+    """What the FM receives with each theta's images: the prompts, or refined boxes."""
+    refine = getattr(decoder, "refine", None)  # a private-head wrapper does not refine boxes
+    return refine(thetas, inputs, prompts, hw) if refine else prompts.tile(len(thetas))
 
 
 def _is_transient(err: Exception) -> bool:
@@ -199,10 +212,14 @@ def _query(
     return None, error
 
 
-def prompt_fn(decoder: IPDecoder, theta: np.ndarray) -> Callable[[np.ndarray, Prompts], np.ndarray]:
-    """(images, prompts) -> the prompted uint8 images the FM receives (for evaluation)."""
+def prompt_fn(
+    decoder: IPDecoder, theta: np.ndarray
+) -> Callable[[np.ndarray, Prompts], tuple[np.ndarray, Prompts]]:
+    """(images, prompts) -> the prompted uint8 images and the prompts the FM receives."""
 
-    def apply(images: np.ndarray, prompts: Prompts) -> np.ndarray:
-        return apply_prompt(images, decoder.prompts(theta, decoder.encode(images, prompts))[0])
+    def apply(images: np.ndarray, prompts: Prompts) -> tuple[np.ndarray, Prompts]:
+        inputs = decoder.encode(images, prompts)
+        prompted = apply_prompt(images, decoder.prompts(theta, inputs)[0])
+        return prompted, _sent_prompts(decoder, theta[None], inputs, prompts, images.shape[1:3])
 
     return apply

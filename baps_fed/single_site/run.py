@@ -53,7 +53,7 @@ def example_grid(
     samples = list(test)[:n]
     images = np.stack([s.image for s in samples])
     prompts = sample_prompts(samples, seed, prompting)
-    prompted = prompt_fn(decoder, theta)(images, prompts)
+    prompted, sent = prompt_fn(decoder, theta)(images, prompts)
     prompt = np.abs(prompted.astype(np.float32) - images).mean(-1)
     return plot_examples(
         path,
@@ -62,7 +62,7 @@ def example_grid(
             "ground truth": np.stack([s.mask for s in samples]).astype(float),
             "zero-shot": (fm.segment(images, **prompts.query()) > 0).astype(float),
             "prompted image": prompted,
-            "prompted FM": (fm.segment(prompted, **prompts.query()) > 0).astype(float),
+            "prompted FM": (fm.segment(prompted, **sent.query()) > 0).astype(float),
             "|prompt|": prompt / max(prompt.max(), 1e-6),
         },
         prompts,
