@@ -40,6 +40,7 @@ def _zero_shot_rows(
     scanner: int,
     layout: str,
     prompting: PromptConfig,
+    size: int,
     budget: int | None = None,
 ) -> list[dict]:
     from baps_fed.data.problems import summarize_problems
@@ -48,7 +49,6 @@ def _zero_shot_rows(
     from baps_fed.fm.spec import load_fm
 
     # Real images are letterboxed to the decoder's size, which training and evaluation use too.
-    size = DecoderConfig.image_size
     datasets = [
         open_source(s, n=n, seed=seed, scanner=scanner, layout=layout, size=size) for s in sources
     ]
@@ -79,7 +79,15 @@ def _print_table(rows: list[dict]) -> None:
 def _cmd_zero_shot(args: argparse.Namespace) -> int:
     prompting = _prompt_config(args)
     rows = _zero_shot_rows(
-        args.fm, args.data, args.n, args.seed, args.scanner, args.layout, prompting, args.budget
+        args.fm,
+        args.data,
+        args.n,
+        args.seed,
+        args.scanner,
+        args.layout,
+        prompting,
+        args.image_size,
+        args.budget,
     )
     print(f"prompt: {prompting.describe()}")
     _print_table(rows)
@@ -134,6 +142,7 @@ _RUN_SETTINGS = {
     "--vp-grid": ("decoder", "vp_grid"),
     "--image-encoder": ("decoder", "image_encoder"),
     "--adapt": ("decoder", "adapt"),
+    "--image-size": ("decoder", "image_size"),
     "--prompt": ("step", "prompt", "kind"),
     "--point-mode": ("step", "prompt", "point_mode"),
     "--box-protocol": ("step", "prompt", "box", "protocol"),
@@ -196,6 +205,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 init_seed=args.seed,
                 image_encoder=args.image_encoder,
                 adapt=args.adapt,
+                image_size=args.image_size,
             )
         )
     fm = load_fm(args.fm, budget_images=args.budget)
@@ -231,6 +241,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = run_evaluation(decoder, fm, data, args.seed, prompting, args.split)
     print_comparison(result)
     return 0
+
+
+def _add_image_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=DecoderConfig.image_size,
+        help="real images are letterboxed to this square size (and the prompt made at it); "
+        "256 suits LiteMedSAM, whose input is 256 px",
+    )
 
 
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:
@@ -295,6 +315,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="FM spec: tiny | sam:vit_b:PATH | medsam:PATH | litemedsam[:PATH] | grpc://...",
     )
     _add_prompt_args(p)
+    _add_image_size(p)
     p.add_argument(
         "--data",
         nargs="+",
@@ -328,6 +349,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="the decoder's frozen image encoder: small (shipped) or clip:[MODEL:]PATH, CLIP's "
         "image tower from local open_clip weights (pip install 'baps-fed[clip]')",
     )
+    _add_image_size(p)
     p.add_argument(
         "--adapt",
         default=DecoderConfig.adapt,
