@@ -2,8 +2,10 @@
 
     python simulations/bench_single_site.py --seeds 0 1 2 --budget 20000
 
-Per modality (embedded FM, synthetic data, seed-0 dataset split 70/10/20 by name hash):
-- zero-shot: the FM with one positive point;
+Per modality (embedded FM, synthetic data, seed-0 dataset split 70/10/20 by name hash), with one
+positive point (the default) or one box (``--prompt box --box-protocol tight|loose``), the same
+prompt for every method:
+- zero-shot: the FM with that prompt alone;
 - VP-3 and VP-48: one input-independent prompt (a colour shift; a 3x4x4 grid), SPSA;
 - BAPS: the IP decoder (``basis`` preset, image- and point-conditioned), SPSA;
 - oracle: the BAPS decoder trained white-box through the FM (the ceiling of that prompt).
@@ -23,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baps_fed.data.boxes import BOX_PROTOCOLS, BoxConfig
 from baps_fed.data.modalities import MODALITIES, synthetic_dataset
+from baps_fed.data.prompts import PROMPT_KINDS, PromptConfig
 from baps_fed.data.splits import split_dataset
 from baps_fed.evaluation.evaluate import evaluate_fm
 from baps_fed.fm.sam_batched import BatchedSam
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         choices=[m for m in METHODS if m.startswith("BAPS")],
         help="whose decoder the white-box oracle trains (its ceiling)",
     )
+    ap.add_argument("--prompt", default="point", choices=PROMPT_KINDS)
+    ap.add_argument("--box-protocol", default="loose", choices=BOX_PROTOCOLS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n", type=int, default=600, help="cases per modality (all splits)")
     ap.add_argument("--budget", type=int, default=20000, help="training FM image-queries")
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("simulations/results/single_site"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.prompting = PromptConfig(kind=args.prompt, box=BoxConfig(protocol=args.box_protocol))
     steps = args.budget // (2 * args.sp_avg * args.batch)
     sam, _ = load_tiny_sam()
     white_box = BatchedSam(sam)
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     for modality in args.modalities:
         splits = split_dataset(synthetic_dataset(modality, args.n, seed=0))
         fm = load_fm("tiny")
-        zero = float(evaluate_fm(fm, splits["test"], prompt_seed=0).dice.mean())
+        zero = float(evaluate_fm(fm, splits["test"], 0, args.prompting).dice.mean())
         row: dict = {"modality": modality, "zero_shot": zero, "n_test": len(splits["test"])}
         for method in args.methods:
             scores, queries = [], []
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                     seed=seed,
                     step=StepConfig(
                         batch_size=args.batch,
+                        prompt=args.prompting,
                         spsa=SpsaConfig(
                             sp_avg=args.sp_avg, update="sign", lr=args.lr, schedule="constant"
                         ),
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                     progress=False,
                 )
                 test = evaluate_fm(
-                    fm, splits["test"], prompt_seed=0, prompt=prompt_fn(decoder, res.theta)
+                    fm, splits["test"], 0, args.prompting, prompt=prompt_fn(decoder, res.theta)
                 )
                 scores.append(float(test.dice.mean()))
                 queries.append(res.fm_images_train)
@@ -156,9 +164,10 @@ def oracle_ceiling(args: argparse.Namespace, splits: dict, white_box: BatchedSam
             steps=args.oracle_steps,
             batch_size=args.batch,
             seed=seed,
+            prompt=args.prompting,
         )
         test = evaluate_fm(
-            load_fm("tiny"), splits["test"], prompt_seed=0, prompt=prompt_fn(decoder, theta)
+            load_fm("tiny"), splits["test"], 0, args.prompting, prompt=prompt_fn(decoder, theta)
         )
         oracle_scores.append(float(test.dice.mean()))
     return {
@@ -184,7 +193,8 @@ def write_results(args: argparse.Namespace, steps: int, rows: list[dict]) -> str
     baps = [m for m in methods if m.startswith("BAPS")]
     lines = [
         "# Single-site benchmark (test Dice, mean ± std over seeds "
-        f"{' '.join(map(str, args.seeds))}; {args.budget} training FM image-queries per run)",
+        f"{' '.join(map(str, args.seeds))}; {args.budget} training FM image-queries per run; "
+        f"{args.prompting.describe()} per image)",
         "",
         "`python " + " ".join(sys.argv) + "`",
         "",

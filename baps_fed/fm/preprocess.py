@@ -3,9 +3,11 @@
 - ``sam``: segment-anything's ``ResizeLongestSide`` + pixel mean/std + zero pad at the bottom/
   right; logits upsampled to the encoder size, cropped, resized to the image.
 - ``medsam`` (bowang-lab/MedSAM ``MedSAM_Inference.py``): the image is stretched to S x S
-  (aspect not kept; the authors use skimage's order-3 resize, here bicubic), cast to uint8, then
-  min-max normalised to [0, 1] over the whole image; no mean/std. Boxes scale by (S/W, S/H).
-  The low-res logits go through a sigmoid and are resized to H x W; mask = p > 0.5.
+  (aspect not kept) by skimage's ``resize(order=3, preserve_range=True, anti_aliasing=True)``:
+  a Gaussian blur when shrinking, then a cubic spline; clipped to the image's own range, cast to
+  uint8 by truncation, then min-max normalised to [0, 1] over the whole image; no mean/std.
+  Boxes scale by (S/W, S/H), not rounded. The low-res logits go through a sigmoid and the
+  probabilities are resized to H x W (bilinear); mask = p > 0.5.
 - ``litemedsam`` (bowang-lab/MedSAM, branch LiteMedSAM, ``CVPR24_LiteMedSAM_infer.py``): the
   longest side is resized to S = 256 with OpenCV's ``INTER_AREA`` (aspect kept, uint8 result),
   min-max normalised to [0, 1], zero-padded at the bottom/right; boxes are scaled by S / max(H, W)
@@ -18,11 +20,14 @@ it): the uint8 casts are straight-through roundings, the area resize is a pair o
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 Preprocess = Literal["sam", "medsam", "litemedsam"]
 PREPROCESSES: tuple[str, ...] = ("sam", "medsam", "litemedsam")
@@ -88,6 +93,31 @@ def resize_area(x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     return rows @ x @ cols.T
 
 
+@functools.lru_cache(maxsize=8)
+def spline_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] weights of skimage's ``resize(order=3, anti_aliasing=True)`` along one axis.
+
+    skimage blurs with sigma = (n_in / n_out - 1) / 2 when shrinking, then calls
+    ``ndimage.zoom(order=3, mode="mirror", grid_mode=True)``; both are linear and separable, so
+    running them on the identity gives the axis's matrix (exact up to float rounding).
+    """
+    x = np.eye(n_in)
+    if n_in > n_out:
+        x = ndimage.gaussian_filter1d(x, (n_in / n_out - 1) / 2, axis=0, mode="mirror")
+    m = ndimage.zoom(x, (n_out / n_in, 1), order=3, mode="mirror", grid_mode=True)
+    return torch.from_numpy(m).float()
+
+
+def resize_spline(x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """[B,C,H,W] -> [B,C,h,w] as ``skimage.transform.resize(order=3, preserve_range=True,
+    anti_aliasing=True)``, including its clip to each image's own value range."""
+    h, w = x.shape[-2:]
+    out = spline_matrix(h, out_hw[0]).to(x) @ x @ spline_matrix(w, out_hw[1]).to(x).T
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return torch.maximum(torch.minimum(out, hi), lo)
+
+
 def prepare(
     images: torch.Tensor,
     preprocess: str,
@@ -98,9 +128,7 @@ def prepare(
     """float images [B,3,H,W] in 0..255 -> encoder input [B,3,size,size]."""
     h, w = images.shape[-2:]
     if preprocess == "medsam":
-        x = images
-        if (h, w) != (size, size):
-            x = F.interpolate(x, (size, size), mode="bicubic", align_corners=False)
+        x = resize_spline(images, (size, size)) if (h, w) != (size, size) else images
         return minmax(as_uint8(x, "trunc"))
     rh, rw = longest_side_shape(h, w, size)
     if preprocess == "litemedsam":
