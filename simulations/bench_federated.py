@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--server-lr", type=float, default=1.0)
     ap.add_argument("--arms", nargs="+", default=["local_only", "federated", "pooled"])
     ap.add_argument("--private-head", choices=["colour", "basis", "none"])
+    ap.add_argument("--prompt", choices=["point", "box"], help="override the scenario's prompt")
+    ap.add_argument("--box-protocol", choices=["tight", "loose"], help="with --prompt box")
     ap.add_argument("--personal-keep", type=float, help="override the scenario's personal-keep")
     ap.add_argument(
         "--test-n", type=int, help="score each site on this many unseen cases of its own"
@@ -117,6 +119,9 @@ def main() -> None:
     overrides = {"local-steps": args.local_steps}
     if args.private_head:
         overrides["private-head"] = args.private_head
+    for key in ("prompt", "box_protocol"):  # run-config keys, as `baps-fed simulate` takes them
+        if getattr(args, key):
+            overrides[key.replace("_", "-")] = getattr(args, key)
     if args.personal_keep is not None:
         overrides["personal-keep"] = args.personal_keep
     cfg = FedTrainConfig.from_flat({**scenario.train, **overrides})

