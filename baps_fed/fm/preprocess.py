@@ -155,7 +155,8 @@ def scale_boxes(
     """Pixel boxes [B,4] at the input resolution -> the encoder frame."""
     h, w = input_hw
     if preprocess == "litemedsam":  # resize_box_to_256: int(box * 256 / max(H, W))
-        return torch.floor(boxes * (size / max(h, w)))
+        scaled = boxes * (size / max(h, w))  # straight-through: the oracle moves boxes too
+        return _straight_through(scaled, torch.floor(scaled))
     rh, rw = resized_shape(h, w, preprocess, size)
     return boxes * boxes.new_tensor([rw / w, rh / h, rw / w, rh / h])
 

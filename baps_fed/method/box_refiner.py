@@ -18,23 +18,33 @@ import torch
 SIDES = 4  # x0, y0, x1, y1: a positive move is inwards
 
 
-def refine_boxes(
-    coef: torch.Tensor, feats: torch.Tensor, boxes: np.ndarray, hw: tuple[int, int]
-) -> np.ndarray:
-    """coef [T, 4, r+1], image features [B, r+1], pixel boxes [B, 4] -> boxes [T, B, 4].
+def refine_boxes_torch(
+    coef: torch.Tensor, feats: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int]
+) -> torch.Tensor:
+    """coef [T, 4, r+1], image features [B, r+1], pixel boxes [B, 4] -> boxes [T, B, 4] (float64,
+    differentiable in coef: the white-box oracle back-propagates through it).
 
     Each side moves inwards by (coef . feats) times the box's width (x sides) or height (y
     sides); the result is clipped to the image and kept at least one pixel wide, as the FM
     contract requires."""
     h, w = hw
-    move = torch.einsum("tsr,br->tbs", coef.float(), feats).numpy()  # fractions of the size
-    b = np.asarray(boxes, np.float64)
-    size = np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]] * 2, axis=1)  # [B, 4]
-    sign = np.array([1.0, 1.0, -1.0, -1.0])  # inwards: x0, y0 grow; x1, y1 shrink
+    move = torch.einsum("tsr,br->tbs", coef.double(), feats.double())  # fractions of the size
+    b = boxes.double()
+    size = torch.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]] * 2, dim=1)  # [B, 4]
+    sign = b.new_tensor([1.0, 1.0, -1.0, -1.0])  # inwards: x0, y0 grow; x1, y1 shrink
     out = b[None] + sign * move * size[None]
-    out = np.clip(out, 0, [w, h, w, h])
-    out[..., 2] = np.maximum(out[..., 2], np.minimum(out[..., 0] + 1, w))
-    out[..., 0] = np.minimum(out[..., 0], out[..., 2] - 1)
-    out[..., 3] = np.maximum(out[..., 3], np.minimum(out[..., 1] + 1, h))
-    out[..., 1] = np.minimum(out[..., 1], out[..., 3] - 1)
-    return out.astype(np.float32)
+    x0, y0, x1, y1 = (torch.clamp(out[..., i], 0, lim) for i, lim in enumerate((w, h, w, h)))
+    x1 = torch.maximum(x1, torch.clamp(x0 + 1, max=w))
+    x0 = torch.minimum(x0, x1 - 1)
+    y1 = torch.maximum(y1, torch.clamp(y0 + 1, max=h))
+    y0 = torch.minimum(y0, y1 - 1)
+    return torch.stack([x0, y0, x1, y1], dim=-1)
+
+
+def refine_boxes(
+    coef: torch.Tensor, feats: torch.Tensor, boxes: np.ndarray, hw: tuple[int, int]
+) -> np.ndarray:
+    """``refine_boxes_torch`` for the black-box path: float32 pixel boxes [T, B, 4]."""
+    with torch.no_grad():
+        out = refine_boxes_torch(coef, feats, torch.as_tensor(np.asarray(boxes)), hw)
+    return out.numpy().astype(np.float32)

@@ -14,6 +14,7 @@ from baps_fed.data.prompts import POINT, PromptConfig
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.evaluation.metrics import soft_dice_loss_torch
 from baps_fed.fm.sam_batched import BatchedSam
+from baps_fed.method.box_refiner import SIDES, refine_boxes_torch
 from baps_fed.method.ip_decoder import IPDecoder
 from baps_fed.method.perturbations import SeedKey
 from baps_fed.method.spsa_step import batch_rng, sample_batch
@@ -30,7 +31,8 @@ def train_oracle(
     seed: int = 0,
     prompt: PromptConfig = POINT,
 ) -> np.ndarray:
-    """Adam on soft Dice through the FM; the prompted image is clipped but not rounded."""
+    """Adam on soft Dice through the FM; the prompted image is clipped but not rounded, and a
+    box refiner's boxes (``adapt=box|both``) are not rounded either."""
     images = np.stack([s.image for s in train])
     masks = np.stack([s.mask for s in train])
     for p in model.parameters():
@@ -43,13 +45,18 @@ def train_oracle(
     for step in range(steps):
         idx, prompts = sample_batch(masks, batch_size, batch_rng(key, step), prompt)
         inputs = decoder.encode(images[idx], prompts)
-        prompt = decoder.prompt_tensor(theta[None], inputs)[0]
+        visual = decoder.prompt_tensor(theta[None], inputs)[0]
         x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float()
-        x = (x + prompt * std).clamp(0, 255)
+        x = (x + visual * std).clamp(0, 255)
         if prompts.points is not None:
             logits = model(x, torch.from_numpy(prompts.points), torch.ones(len(idx), 1))
         else:
-            logits = model(x, boxes=torch.from_numpy(prompts.boxes))
+            boxes = torch.from_numpy(prompts.boxes)
+            if decoder.refines_boxes:
+                coef = theta[decoder.n_visual :].view(1, SIDES, -1)
+                hw = (x.shape[2], x.shape[3])
+                boxes = refine_boxes_torch(coef, decoder.features(inputs), boxes, hw)[0].float()
+            logits = model(x, boxes=boxes)
         loss = soft_dice_loss_torch(logits, torch.from_numpy(masks[idx])).mean()
         opt.zero_grad()
         loss.backward()
