@@ -42,9 +42,8 @@ app = ServerApp()
 def _exchange(
     grid: Grid, strategy: UpdateAveraging, messages: list[Message], timeout: float, phase: str
 ) -> list[Message]:
-    sent = {m.metadata.dst_node_id for m in messages}
     replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
-    strategy.record_failures(replies, sent, phase)
+    strategy.record_failures(replies, messages, phase)
     return replies
 
 
@@ -132,14 +131,16 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
 
 
 def _print_round(entry: dict) -> None:
+    """One line for the round, then one line per site that failed or declined, with why."""
     parts = [
         f"{site} {m['dice']:.3f} (zero-shot {m['zero-shot-dice']:.3f})"
         for site, m in sorted(entry["evaluate"].items())
     ]
-    line = f"round {entry['round']} ({entry['seconds']:.0f} s): " + ("; ".join(parts) or "trained")
-    if entry["failures"]:
-        line += f"; failures: {'; '.join(entry['failures'])}"
-    print(line, flush=True)
+    trained = sorted(entry["train"])
+    done = "; ".join(parts) or (f"trained: {', '.join(trained)}" if trained else "no site trained")
+    print(f"round {entry['round']} ({entry['seconds']:.0f} s): {done}", flush=True)
+    for failure in entry["failures"]:
+        print(f"  round {entry['round']}, {failure}", flush=True)
 
 
 @app.main()

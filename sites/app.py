@@ -62,6 +62,16 @@ def site_spec(context: Context) -> SiteSpec:
     return spec_from_flat(sites[pid], f"site{pid}", where=f"the run config's site {pid}")
 
 
+def declared_name(context: Context) -> str | None:
+    """The site's name for its error replies, even when its settings are invalid (None: it
+    has none yet)."""
+    try:
+        return site_spec(context).name
+    except Exception:
+        name = context.node_config.get("site-name")
+        return str(name) if name is not None else None
+
+
 def local_site(context: Context) -> LocalSite:
     check_run_config(context.run_config)
     spec, cfg = site_spec(context), FedTrainConfig.from_flat(context.run_config)
@@ -116,7 +126,7 @@ def clipping_when_asked(msg: Message, context: Context, call_next) -> Message:
 
 
 # the outbox guard is outermost: it checks the reply as it finally leaves
-app = ClientApp(mods=[outbox_guard(_upload), clipping_when_asked])
+app = ClientApp(mods=[outbox_guard(_upload, declared_name), clipping_when_asked])
 
 
 @app.train()
