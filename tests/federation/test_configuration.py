@@ -18,7 +18,7 @@ from baps_fed.federation.run_config import SITES_KEY, read_run_config, run_confi
 from baps_fed.federation.scenario import DEFAULT_SCENARIO, Scenario
 from baps_fed.flat_config import ConfigKeyError
 from coordinator.app import run_rounds
-from sites.app import local_site
+from sites.app import local_site, site_spec
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -104,3 +104,25 @@ def test_a_site_refuses_a_misspelt_node_config_key():
     )
     with pytest.raises(ConfigKeyError, match="did you mean 'site-name'"):
         local_site(context)
+
+
+def test_flwr_run_defaults_make_each_simulated_partition_a_default_scenario_site():
+    """`flwr run .` sends sites = "[]": partition i is site i of the default scenario (more
+    partitions than its four sites cycle through the modalities with new names and seeds)."""
+    names = []
+    for pid in range(6):
+        node = {"partition-id": pid, "num-partitions": 6}
+        context = Context(run_id=1, node_id=10 + pid, node_config=node, state=RecordDict(),
+                          run_config=_pyproject_run_config())  # fmt: skip
+        names.append(site_spec(context).name)
+    assert names[:4] == [s["name"] for s in Scenario.load(DEFAULT_SCENARIO).sites]
+    assert len(set(names)) == 6
+    # an explicit list still says when a partition has no site
+    node = {"partition-id": 2, "num-partitions": 3}
+    run_config = {**_pyproject_run_config(), SITES_KEY: '[{"data": "fundus"}]'}
+    context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(),
+                      run_config=run_config)  # fmt: skip
+    with pytest.raises(
+        ValueError, match="partition 2 has no site: the run config's 'sites' lists 1"
+    ):
+        site_spec(context)
