@@ -15,7 +15,7 @@ from typing import Any
 from baps_fed.data.modalities import MODALITIES
 from baps_fed.federation.contract import FedTrainConfig, SiteSpec, spec_from_flat
 from baps_fed.federation.coordinator_config import CoordinatorConfig
-from baps_fed.federation.run_config import SITES_KEY, read_run_config
+from baps_fed.federation.run_config import SITES_KEY, dashed, read_run_config
 from baps_fed.flat_config import check_keys, flat_keys
 
 # a [[site]] table: a SiteSpec, its name under "name"
@@ -97,10 +97,10 @@ class Scenario:
 
     def run_config(self, out: Path, fm: str | None) -> dict[str, Any]:
         sites = self.node_configs(fm)
-        min_sites = min(int(self.coordinator.get("min-sites", len(sites))), len(sites))
+        min_sites = min(int(dashed(self.coordinator).get("min-sites", len(sites))), len(sites))
         return {
-            **self.train,
-            **self.coordinator,
+            **dashed(self.train),
+            **dashed(self.coordinator),
             "rounds": self.rounds,
             "min-sites": min_sites,
             "out-dir": str(out.resolve()),

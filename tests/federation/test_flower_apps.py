@@ -26,7 +26,7 @@ from baps_fed.federation.contract import FedTrainConfig, initial_theta
 from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.server_optimizer import ServerOptConfig, ServerOptimizer
 from baps_fed.fm.tiny import save_tiny_weights
-from coordinator.app import run_rounds
+from coordinator.app import RunRefused, run_rounds
 from sites.app import app as client_app
 from sites.outbox import OutboxViolation, check_outgoing
 from tests.conftest import SMALL_ARCH
@@ -361,6 +361,26 @@ def test_failures_name_the_site_even_when_flower_reports_them(fed_setup, tmp_pat
         "train b: flower-error-5: the site went offline before it replied (its SuperNode "
         "stopped answering)"
     ]  # once, by name: no "node 1", no "no reply" for the same site
+
+
+def test_a_run_no_site_can_join_is_refused_after_one_exchange(tmp_path):
+    """SuperNodes without data (a node config naming none): one line, at once, not rounds of
+    failures; nothing is checkpointed."""
+    out = tmp_path / "run"
+    run_config = {"rounds": 5, "min-sites": 1, "out-dir": str(out)}
+    nodes = {11: {"site-name": "hospital-a"}, 12: {}}
+    grid = LoopbackGrid(client_app, nodes, run_config)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=run_config)  # fmt: skip
+    with pytest.raises(RunRefused) as refused:
+        run_rounds(grid, context)
+    message = str(refused.value)
+    assert message.startswith("refused the run: no site could take part in round 1: ")
+    assert "train hospital-a: configuration: " in message
+    assert "train unnamed site (Flower node 12): configuration: " in message
+    assert "\n" not in message
+    assert len(grid.sent) == 2  # one train message per node, then nothing
+    assert not (out / "checkpoint.npz").exists() and not (out / "report.md").exists()
 
 
 # -- the audit log ------------------------------------------------------------------------------
