@@ -69,6 +69,9 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
         if value.lower() not in ("true", "false"):
             raise ValueError(f"config {key}: expected true or false, got {value!r}")
         return value.lower() == "true"
+    if kind is int and (isinstance(value, bool) or (isinstance(value, float) and value % 1)):
+        # int(2.5) would be 2, int(True) 1: a count is given as a whole number
+        raise ValueError(f"config {key}: expected a whole number, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError):

@@ -4,6 +4,11 @@ Each round: send the global decoder to the connected sites, wait up to ``round-t
 their updates, aggregate those that arrived (a failed or silent site is logged and skipped),
 evaluate, then checkpoint and rewrite the report. With ``resume = true`` a restarted
 coordinator continues after the last checkpointed round with the identical decoder.
+
+Sites are named by the names they give (terminal, report.md, rounds.json), each failure in one
+line with its reason. A run that cannot start (an invalid run config, a run folder in the way,
+or no site able to take part in the first round, e.g. none has data) is refused with one line
+saying what to change, and ends as failed, never after rounds of failures.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from baps_fed.federation.checkpoint import (
     save_checkpoint,
 )
 from baps_fed.federation.contract import initial_theta
-from baps_fed.federation.coordinator_config import CoordinatorConfig
+from baps_fed.federation.coordinator_config import REFUSAL, CoordinatorConfig
 from baps_fed.federation.replica import SiteReplica
 from baps_fed.federation.round_aggregator import RoundAggregator
 from baps_fed.federation.run_config import read_run_config
@@ -38,20 +43,43 @@ from coordinator.strategy import UpdateAveraging
 logger = logging.getLogger(__name__)
 app = ServerApp()
 
+# error kinds no later round can heal (the settings are read once per site process and run)
+SETUP_ERRORS = frozenset({"configuration", "data", "flower-error-1"})
+
+
+class RunRefused(ValueError):
+    """The coordinator will not run; the message says why and what to change."""
+
+
+class _OneLineRefusal(logging.Filter):
+    """Flower logs what a ServerApp raised with its traceback; a refusal is one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if isinstance(err, RunRefused):
+            record.msg, record.args = f"{REFUSAL}%s", (str(err),)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_flwr_logger = logging.getLogger("flwr")  # Flower's own logger (flwr.supercore.log)
+if not any(isinstance(f, _OneLineRefusal) for f in _flwr_logger.filters):
+    _flwr_logger.addFilter(_OneLineRefusal())
+
 
 def _exchange(
     grid: Grid, strategy: UpdateAveraging, messages: list[Message], timeout: float, phase: str
 ) -> list[Message]:
-    sent = {m.metadata.dst_node_id for m in messages}
     replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
-    strategy.record_failures(replies, sent, phase)
+    strategy.record_failures(replies, messages, phase)
     return replies
 
 
-def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
+def _start(context: Context):
+    """The run's settings and starting state, every one checked before a site is asked."""
     cfg, train_cfg = read_run_config(context.run_config)
     check_central_dp(cfg, train_cfg)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir).resolve()
     config = {"coordinator": asdict(cfg), "train": asdict(train_cfg)}
     check_run_folder(out, cfg.resume, cfg.overwrite)
     if cfg.resume:
@@ -64,6 +92,20 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         print(f"resuming after round {state.round} from {out}", flush=True)
     else:
         state = CoordinatorState(0, initial_theta(train_cfg), {}, [], config)
+    return cfg, train_cfg, out, config, state
+
+
+def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
+    try:
+        cfg, train_cfg, out, config, state = _start(context)
+    except (ValueError, OSError) as err:  # a setting or a folder: one line, no traceback
+        raise RunRefused(f"refused the run: {err}") from None
+    print(
+        f"coordinator: {cfg.rounds} round{'s' * (cfg.rounds != 1)}, each with at least "
+        f"{cfg.min_sites} site{'s' * (cfg.min_sites != 1)}; "
+        f"report: {out / 'report.md'}",
+        flush=True,
+    )
     out.mkdir(parents=True, exist_ok=True)
     torn = truncate_log(out, state.round)  # a fresh run starts a fresh audit log
     if torn:
@@ -91,11 +133,20 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
     # what the rounds talk to: the strategy, or Flower's DP wrapper around it
     central_dp = CentralDP(strategy, cfg, state.history) if cfg.central_dp != "off" else None
     driver = central_dp.wrapper if central_dp else strategy
-    for rnd in range(state.round + 1, cfg.rounds + 1):
+    first = state.round + 1
+    for rnd in range(first, cfg.rounds + 1):
         t0 = time.perf_counter()
         strategy.start_round()
         messages = list(driver.configure_train(rnd, strategy.global_arrays(), round_config, grid))
         replies = _exchange(grid, strategy, messages, cfg.round_timeout, "train")
+        if rnd == first and replies and all(m.has_error() for m in replies):
+            if set(strategy.error_kinds) <= SETUP_ERRORS:
+                raise RunRefused(
+                    f"refused the run: no site could take part in round {rnd}: "
+                    + "; ".join(aggregator.failures)
+                    + ". Fix each site's settings (its node config or log says which) and "
+                    "start the run again"
+                )
         arrays, train_metrics = driver.aggregate_train(rnd, replies)
         if central_dp:
             train_metrics = central_dp.after_train(strategy, arrays, train_metrics, replies)
@@ -132,18 +183,26 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
 
 
 def _print_round(entry: dict) -> None:
+    """One line for the round, then one line per site that failed or declined, with why."""
     parts = [
         f"{site} {m['dice']:.3f} (zero-shot {m['zero-shot-dice']:.3f})"
         for site, m in sorted(entry["evaluate"].items())
     ]
-    line = f"round {entry['round']} ({entry['seconds']:.0f} s): " + ("; ".join(parts) or "trained")
-    if entry["failures"]:
-        line += f"; failures: {'; '.join(entry['failures'])}"
-    print(line, flush=True)
+    trained = sorted(entry["train"])
+    done = "; ".join(parts) or (f"trained: {', '.join(trained)}" if trained else "no site trained")
+    print(f"round {entry['round']} ({entry['seconds']:.0f} s): {done}", flush=True)
+    for failure in entry["failures"]:
+        print(f"  round {entry['round']}, {failure}", flush=True)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     state = run_rounds(grid, context)
-    out = Path(CoordinatorConfig.from_run_config(dict(context.run_config)).out_dir)
+    out = Path(CoordinatorConfig.from_run_config(dict(context.run_config)).out_dir).resolve()
+    trained = any(e["train"] for e in state.history)
+    if not trained:  # rounds in which no site ever trained: not a success
+        raise RunRefused(
+            f"the run failed: no site trained in any of its {state.round} rounds (why: each "
+            f"round's failures, above and in {out / 'report.md'})"
+        )
     print(f"done after round {state.round}; report: {out / 'report.md'}", flush=True)

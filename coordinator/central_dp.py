@@ -27,10 +27,10 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
-from opacus.accountants import create_accountant
 
 from baps_fed.federation.contract import FedTrainConfig
 from baps_fed.federation.coordinator_config import CoordinatorConfig
+from baps_fed.method.dp import create_accountant  # Opacus', imported without its log setup
 
 WRAPPERS = {
     "server-clipping": DifferentialPrivacyServerSideFixedClipping,

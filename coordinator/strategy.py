@@ -2,7 +2,8 @@
 ``baps_fed.federation.RoundAggregator`` does the rest (decode, guard, aggregate, server step).
 
 This adapter only turns Flower messages into ``SiteUpload``s and back, names sites by the name
-their reply carries, and keeps each site's evaluation metrics for the report.
+their replies carry (an error reply too; a silent site by the name it last gave, else as an
+unnamed node), and keeps each site's evaluation metrics for the report.
 """
 
 from __future__ import annotations
@@ -11,18 +12,29 @@ from collections.abc import Iterable
 
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from baps_fed.evaluation.federation_report import weighted
 from baps_fed.federation.round_aggregator import RoundAggregator
-from baps_fed.federation.site_errors import describe_error
+from baps_fed.federation.site_errors import describe_error, reason_parts
 from baps_fed.federation.uploads import SiteUpload
 
 
+def reply_name(msg: Message) -> str | None:
+    """The name a reply gives for its site: its "site" record, or its error reason's."""
+    if msg.has_error():
+        parts = reason_parts(msg.error.reason)
+        return parts[2] if parts else None
+    site = msg.content.get("site")
+    return str(site["name"]) if site is not None and "name" in site else None
+
+
 def site_name(msg: Message) -> str:
-    site = msg.content.get("site") if not msg.has_error() else None
-    if site is not None and "name" in site:
-        return str(site["name"])
-    return f"node-{msg.metadata.src_node_id}"
+    return reply_name(msg) or f"node-{msg.metadata.src_node_id}"
+
+
+def unnamed(node: int) -> str:
+    return f"unnamed site (Flower node {node})"
 
 
 class UpdateAveraging(FedAvg):
@@ -31,22 +43,55 @@ class UpdateAveraging(FedAvg):
         self.agg = aggregator
         self.site_evaluate: dict[str, dict[str, float]] = {}
         self.round_uploads: list[SiteUpload] = []  # the last round's, for the audit log
+        self.names: dict[int, str] = {}  # Flower node id -> the name its site last gave
+        self.error_kinds: list[str] = []  # this round's: a site error's kind, or "no-reply"
 
     def start_round(self) -> None:
         self.agg.start_round()
-        self.site_evaluate, self.round_uploads = {}, []
+        self.site_evaluate, self.round_uploads, self.error_kinds = {}, [], []
 
     def global_arrays(self) -> ArrayRecord:
         return ArrayRecord({"theta": Array(self.agg.theta)})
 
-    def record_failures(self, replies: list[Message], expected: set[int], phase: str) -> None:
-        answered = {m.metadata.src_node_id for m in replies}
+    def record_failures(self, replies: list[Message], sent: list[Message], phase: str) -> None:
+        """One line per site that failed or did not answer: its name and the reason. A reply
+        belongs to the node its message went to (Flower's own error replies come from the
+        SuperLink, node 1, not from the site)."""
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+        answered = set()
         for m in replies:
+            node = dst.get(m.metadata.reply_to_message_id, m.metadata.src_node_id)
+            answered.add(node)
+            if (name := reply_name(m)) is not None:
+                self.names[node] = name
             if m.has_error():
                 error = describe_error(m.error.reason, m.error.code)
-                self.agg.failures.append(f"{phase} node {m.metadata.src_node_id}: {error}")
-        for node in sorted(expected - answered):
-            self.agg.failures.append(f"{phase} node {node}: no reply before the round timeout")
+                self.agg.failures.append(f"{phase} {self.name_of(node)}: {error}")
+                self.error_kinds.append(error.split(":")[0])
+        for node in sorted(set(dst.values()) - answered):
+            self.error_kinds.append("no-reply")
+            self.agg.failures.append(
+                f"{phase} {self.name_of(node)}: no reply before the round timeout"
+            )
+
+    def name_of(self, node: int) -> str:
+        return self.names.get(node) or unnamed(node)
+
+    def _check_and_log_replies(
+        self, replies, is_train: bool, validate: bool = True
+    ) -> tuple[list[Message], list[Message]]:
+        """FedAvg's check, without its log line per error reply (a Flower node id and the
+        reply's raw text): ``record_failures`` names each failed site once."""
+        replies = list(replies)
+        valid = [m for m in replies if not m.has_error()]
+        errors = [m for m in replies if m.has_error()]
+        if validate and valid:
+            validate_message_reply_consistency(
+                replies=[m.content for m in valid],
+                weighted_by_key=self.weighted_by_key,
+                check_arrayrecord=is_train,
+            )
+        return valid, errors
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

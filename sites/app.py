@@ -3,14 +3,15 @@
 Site settings come from the SuperNode's node config (``data``, ``site-name``, ``fm``, ``n``,
 ``seed``, ``scanner``, ``layout``); in Flower's simulation runtime, where a node config holds
 only ``partition-id``, the run config's ``sites`` (a JSON list of the same fields) names the
-site of each partition. Run settings (local steps, SPSA, decoder) come from the run config.
+site of each partition, and when it is empty (the pyproject's default: ``flwr run .``) each
+partition is a site of the default scenario. Run settings (local steps, SPSA, decoder) come
+from the run config.
 The site's SPSA state, private head and own decoder (``personal-keep``) live in
 ``context.state`` and carry across rounds; none of them is ever sent.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from baps_fed.federation.contract import FedTrainConfig, SiteSpec, spec_from_flat
 from baps_fed.federation.local_site import LocalSite
 from baps_fed.federation.run_config import SITES_KEY, check_run_config
+from baps_fed.federation.scenario import partition_site
 from baps_fed.federation.site_state import (
     RUN_KEY,
     SiteState,
@@ -52,14 +54,20 @@ def site_spec(context: Context) -> SiteSpec:
         return spec_from_flat(node, default_name=f"node-{context.node_id}")
     if "partition-id" not in node:
         raise ValueError("the node config names no data: pass --node-config 'data=\"/path\"'")
-    sites = json.loads(str(context.run_config.get(SITES_KEY, "[]")))
     pid = int(node["partition-id"])
-    if not 0 <= pid < len(sites):
-        raise ValueError(
-            f"simulation partition {pid} has no site: the run config's 'sites' lists "
-            f"{len(sites)}; run as many supernodes as sites"
-        )
-    return spec_from_flat(sites[pid], f"site{pid}", where=f"the run config's site {pid}")
+    partitions = int(node.get("num-partitions", pid + 1))
+    site = partition_site(str(context.run_config.get(SITES_KEY, "[]")), pid, partitions)
+    return spec_from_flat(site, f"site{pid}", where=f"the run config's site {pid}")
+
+
+def declared_name(context: Context) -> str | None:
+    """The site's name for its error replies, even when its settings are invalid (None: it
+    has none yet)."""
+    try:
+        return site_spec(context).name
+    except Exception:
+        name = context.node_config.get("site-name")
+        return str(name) if name is not None else None
 
 
 def local_site(context: Context) -> LocalSite:
@@ -116,7 +124,7 @@ def clipping_when_asked(msg: Message, context: Context, call_next) -> Message:
 
 
 # the outbox guard is outermost: it checks the reply as it finally leaves
-app = ClientApp(mods=[outbox_guard(_upload), clipping_when_asked])
+app = ClientApp(mods=[outbox_guard(_upload, declared_name), clipping_when_asked])
 
 
 @app.train()

@@ -133,10 +133,14 @@ def _check_upload(record: ArrayRecord, upload: UploadShape) -> None:
         raise OutboxViolation(f"the {upload.name} is {array.dtype}; this run's is {upload.dtype}")
 
 
-def outbox_guard(upload: Callable[[Context], UploadShape]):
+def outbox_guard(
+    upload: Callable[[Context], UploadShape],
+    site_name: Callable[[Context], str | None] = lambda context: None,
+):
     """A ClientApp mod, the outermost: every reply passes check_outgoing before it leaves the
-    site, and an error leaves only as a fixed kind and a reference (``site_errors``); the
-    exception itself, with its paths and file names, stays in the site's log."""
+    site, and an error leaves only as a fixed kind, a reference and the site's name
+    (``site_errors``, ``site_name(context)``: None when unknown); the exception itself, with
+    its paths and file names, stays in the site's log."""
 
     def mod(msg: Message, context: Context, call_next) -> Message:
         try:
@@ -146,7 +150,7 @@ def outbox_guard(upload: Callable[[Context], UploadShape]):
                 return reply
             raise SiteReplyError(reply.error.reason)  # an inner mod's error: its text stays
         except Exception as err:
-            return _error_reply(msg, err)
+            return _error_reply(msg, err, _name_or_none(site_name, context))
 
     return mod
 
@@ -155,10 +159,32 @@ class SiteReplyError(RuntimeError):
     """An error reply made inside the site (by an inner mod), re-issued as a fixed kind."""
 
 
-def _error_reply(msg: Message, err: Exception) -> Message:
+# kinds whose cause the exception's own text says in full: one log line, no traceback
+EXPECTED_KINDS = frozenset(
+    {"privacy-budget-spent", "configuration", "data", "fm-unavailable", "fm-budget", "fm-refused"}
+)
+
+
+def _name_or_none(site_name: Callable[[Context], str | None], context: Context) -> str | None:
+    try:
+        return site_name(context)
+    except Exception:  # a site that cannot even say its name still answers with its kind
+        return None
+
+
+def _error_reply(msg: Message, err: Exception, site: str | None = None) -> Message:
     kind, ref = error_kind(err, OutboxViolation), new_reference()
-    logger.error("%s reply failed: %s (site reference %s)", msg.metadata.message_type, kind, ref,
-                 exc_info=err)  # fmt: skip
-    reason = error_reason(kind, ref)
+    who = f"site {site}" if site else "site"
+    phase = msg.metadata.message_type
+    rnd = msg.content.get("config", {}).get("server-round", "?") if msg.has_content() else "?"
+    if kind in EXPECTED_KINDS:  # one line, as the operator reads it (simulation: the terminal)
+        verb = "declined" if kind == "privacy-budget-spent" else "failed"
+        logger.error("%s: %s round %s %s: %s (site reference %s): %s", who, phase, rnd, verb,
+                     kind, ref, err)  # fmt: skip
+        logger.debug("site reference %s", ref, exc_info=err)  # its traceback, at debug level
+    else:  # a bug or a leak the guard stopped: the whole traceback, in the site's own log
+        logger.error("%s: %s round %s failed: %s (site reference %s)", who, phase, rnd, kind,
+                     ref, exc_info=err)  # fmt: skip
+    reason = error_reason(kind, ref, site)
     assert is_allowed_reason(reason)
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)

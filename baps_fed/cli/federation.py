@@ -15,7 +15,7 @@ from baps_fed.data.prompts import PROMPT_KINDS
 from baps_fed.federation.checkpoint import check_run_folder
 from baps_fed.federation.contract import SiteSpec
 from baps_fed.federation.coordinator_config import CoordinatorConfig
-from baps_fed.federation.run_config import read_run_config
+from baps_fed.federation.run_config import dashed, read_run_config
 from baps_fed.federation.scenario import DEFAULT_SCENARIO
 
 
@@ -35,7 +35,7 @@ def _report_run(command: str, status: int, out: Path) -> int:
 
     table = out / "final_table.json"
     if status != 0 or not table.is_file():
-        print(f"baps-fed {command}: the run failed (status {status}); see {out / 'run.log'}")
+        print(f"baps-fed {command}: the run failed; its log: {out / 'run.log'}")
         return status or 1
     print(format_table(json.loads(table.read_text())["rows"]))
     print(f"report: {out / 'report.md'}")
@@ -122,7 +122,7 @@ def _run_config_from_args(args: argparse.Namespace) -> dict:
             raise ValueError(f"--config {item!r}: expected KEY=VALUE (a run-config key)")
         config[key] = _toml_value(value)
     read_run_config(config, "--config")  # every key and value, before anything starts
-    return config
+    return dashed(config)  # Flower knows each key in its dashed form only
 
 
 def _toml_value(text: str):

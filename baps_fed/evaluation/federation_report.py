@@ -106,10 +106,10 @@ def write_fed_report(out: Path, history: list[dict], config: dict) -> Path:
             f"{r['zero_shot_hd95']:.1f} -> {r['federated_hd95']:.1f} |"
         )
     md += _privacy_lines(history) + _central_dp_lines(history, config)
-    failures = [(e["round"], e["failures"]) for e in history if e.get("failures")]
-    if failures:
-        md += ["", "Sites that failed or timed out:"]
-        md += [f"- round {rnd}: {', '.join(f)}" for rnd, f in failures]
+    failures = [(e["round"], f) for e in history for f in e.get("failures", [])]
+    if failures:  # one line each: the round, the phase, the site's name and why
+        md += ["", "Sites that failed, declined or timed out:", ""]
+        md += [f"- round {rnd}, {failure}" for rnd, failure in failures]
     md += ["", "![Dice per round](dice_per_round.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(md))
@@ -180,7 +180,8 @@ def _plot(path: Path, history: list[dict]) -> None:
     ax.set_xlabel("round")
     ax.set_ylabel("test Dice (dotted: zero-shot)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if sites:  # no round evaluated yet: no legend (matplotlib would warn in the terminal)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,6 +9,11 @@ from baps_fed.federation.aggregation import AGGREGATIONS
 from baps_fed.federation.server_optimizer import ServerOptConfig
 from baps_fed.flat_config import require_positive, values_from_flat
 
+# how the ServerApp's one-line refusal starts (coordinator/app.py), in Flower's log stream:
+# the launchers read it as the run's failure (Flower's `flwr run` exits 0 after a failed
+# simulation)
+REFUSAL = "baps-fed coordinator: "
+
 
 @dataclass(frozen=True)
 class CoordinatorConfig:

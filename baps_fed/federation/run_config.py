@@ -24,6 +24,12 @@ def run_config_keys() -> set[str]:
     return flat_keys(CoordinatorConfig, FedTrainConfig) | {SITES_KEY}
 
 
+def dashed(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The same settings under their dashed keys, the only form Flower accepts: it refuses an
+    override whose key ``[tool.flwr.app.config]`` lacks ("local_steps") before any app runs."""
+    return {key.replace("_", "-"): value for key, value in config.items()}
+
+
 def check_run_config(config: Mapping[str, Any], where: str = "run config") -> None:
     """Refuse a key that no setting has, naming the closest one."""
     check_keys(config, run_config_keys(), where)

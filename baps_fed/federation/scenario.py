@@ -15,7 +15,7 @@ from typing import Any
 from baps_fed.data.modalities import MODALITIES
 from baps_fed.federation.contract import FedTrainConfig, SiteSpec, spec_from_flat
 from baps_fed.federation.coordinator_config import CoordinatorConfig
-from baps_fed.federation.run_config import SITES_KEY, read_run_config
+from baps_fed.federation.run_config import SITES_KEY, dashed, read_run_config
 from baps_fed.flat_config import check_keys, flat_keys
 
 # a [[site]] table: a SiteSpec, its name under "name"
@@ -90,17 +90,34 @@ class Scenario:
         for i, site in enumerate(json.loads(config[SITES_KEY])):
             spec_from_flat(site, f"site{i}", where=f"the scenario's site {i + 1}")
 
-    def run_config(self, out: Path, fm: str | None) -> dict[str, Any]:
-        # node-config keys, as a SuperNode would get them (the site's name is "site-name")
+    def node_configs(self, fm: str | None = None) -> list[dict[str, Any]]:
+        """The sites' node configs, as a SuperNode would get them (the name is "site-name")."""
         sites = [{("site-name" if k == "name" else k): v for k, v in s.items()} for s in self.sites]
-        if fm:
-            sites = [dict(s, fm=fm) for s in sites]
-        min_sites = min(int(self.coordinator.get("min-sites", len(sites))), len(sites))
+        return [dict(s, fm=fm) for s in sites] if fm else sites
+
+    def run_config(self, out: Path, fm: str | None) -> dict[str, Any]:
+        sites = self.node_configs(fm)
+        min_sites = min(int(dashed(self.coordinator).get("min-sites", len(sites))), len(sites))
         return {
-            **self.train,
-            **self.coordinator,
+            **dashed(self.train),
+            **dashed(self.coordinator),
             "rounds": self.rounds,
             "min-sites": min_sites,
             "out-dir": str(out.resolve()),
             "sites": json.dumps(sites),
         }
+
+
+def partition_site(sites_json: str, partition: int, partitions: int) -> dict[str, Any]:
+    """The node config of a simulated SuperNode: entry ``partition`` of the run config's
+    ``sites``; when that list is empty (the pyproject's default, as ``flwr run .`` sends it),
+    site ``partition`` of the default scenario, widened to ``partitions`` sites."""
+    sites = json.loads(sites_json)
+    if not sites:
+        sites = Scenario.load(DEFAULT_SCENARIO).with_site_count(partitions).node_configs()
+    if not 0 <= partition < len(sites):
+        raise ValueError(
+            f"simulation partition {partition} has no site: the run config's 'sites' lists "
+            f"{len(sites)}; run as many supernodes as sites"
+        )
+    return sites[partition]

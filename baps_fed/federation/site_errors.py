@@ -3,8 +3,9 @@ exception's text.
 
 Exception texts carry local paths, patient file names and tracebacks, and an error reply leaves
 the site like any other. So the site keeps the full error in its own log under a random
-reference, and the reply carries only ``"<kind> (site reference <ref>)"``, which the outbox
-allow-list checks (``sites/outbox.py``).
+reference, and the reply carries only ``"<kind> (site reference <ref>)"``, or
+``"<kind> (site reference <ref>, site name <name>)"`` when the site knows its name (the name
+every other reply carries too), which the outbox allow-list checks (``sites/outbox.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,20 @@ ERROR_KINDS: dict[str, str] = {
     "outbox-violation": "the reply held something that may not leave the site; nothing was sent",
     "internal": "the site failed (see the site's log)",
 }
-_REASON = re.compile(r"^(?P<kind>[a-z-]+) \(site reference (?P<ref>[0-9a-f]{8})\)$")
+_SITE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a name an error reply may carry
+_REASON = re.compile(
+    rf"^(?P<kind>[a-z-]+) \(site reference (?P<ref>[0-9a-f]{{8}})"
+    rf"(?:, site name (?P<site>{_SITE_NAME}))?\)$"
+)
+# Flower's own error codes (flwr.common.constant.ErrorCode; baps_fed does not import Flower):
+# what the operator reads for errors that Flower, not the site's app, reported
+FLOWER_ERRORS: dict[int, str] = {
+    1: "the site could not load the app (is baps-fed installed there, at this version?)",
+    3: "the site's reply was lost (it expired before it arrived)",
+    4: "the site's reply was lost (it expired before it arrived)",
+    5: "the site went offline before it replied (its SuperNode stopped answering)",
+    8: "the site's app process crashed (see the site's log)",
+}
 
 
 def error_kind(err: BaseException, outbox_violation: type[BaseException] | None = None) -> str:
@@ -61,22 +75,40 @@ def new_reference() -> str:
     return secrets.token_hex(4)
 
 
-def error_reason(kind: str, ref: str) -> str:
+def error_reason(kind: str, ref: str, site: str | None = None) -> str:
+    """The one text an error reply may carry; ``site``, the site's name, is left out unless
+    it is a plain name (letters, digits, ``_.-``, up to 64)."""
     if kind not in ERROR_KINDS:
         raise ValueError(f"unknown site error kind {kind!r}")
-    return f"{kind} (site reference {ref})"
+    named = site is not None and re.fullmatch(_SITE_NAME, site) is not None
+    return (
+        f"{kind} (site reference {ref}, site name {site})"
+        if named
+        else f"{kind} (site reference {ref})"
+    )
+
+
+def reason_parts(reason: str | None) -> tuple[str, str, str | None] | None:
+    """(kind, reference, site name or None) of an allowed reason; None for any other text."""
+    m = _REASON.match(reason or "")
+    if m is None or m["kind"] not in ERROR_KINDS:
+        return None
+    return m["kind"], m["ref"], m["site"]
 
 
 def is_allowed_reason(reason: str | None) -> bool:
     """Only ``error_reason``'s own form may leave a site."""
-    m = _REASON.match(reason or "")
-    return m is not None and m["kind"] in ERROR_KINDS
+    return reason_parts(reason) is not None
 
 
 def describe_error(reason: str | None, code: int) -> str:
-    """What the coordinator records of a site's error reply: the kind, its meaning and the
-    reference; any other text (Flower's own, which may hold a site's paths) is not shown."""
-    m = _REASON.match(reason or "")
-    if m is None or m["kind"] not in ERROR_KINDS:
+    """What the coordinator records of a site's error reply, in one line: the kind, its meaning
+    and the reference; for Flower's own errors, what the code means. Any other text (Flower's,
+    which may hold a site's paths or a traceback) is not shown."""
+    parts = reason_parts(reason)
+    if parts is None:
+        if code in FLOWER_ERRORS:
+            return f"flower-error-{code}: {FLOWER_ERRORS[code]}"
         return f"Flower error code {code} (its text is withheld: see the site's log)"
-    return f"{m['kind']}: {ERROR_KINDS[m['kind']]} (site reference {m['ref']})"
+    kind, ref, _ = parts
+    return f"{kind}: {ERROR_KINDS[kind]} (site reference {ref})"

@@ -94,7 +94,10 @@ def run_coordinator(s: CoordinatorSettings, group: ProcessGroup | None = None) -
         )
         register_nodes(home, s.node_keys)
         run_config = {"out-dir": str(s.folder.resolve()), **s.run_config}
-        return flwr_run(group, home, run_config, s.folder / "run.log")
+        return flwr_run(
+            group, home, run_config, s.folder / "run.log",
+            superlink_log=s.folder / "superlink.log",
+        )  # fmt: skip
     finally:
         if own:
             group.stop()

@@ -7,8 +7,10 @@ so runs never see each other's or the user's ``~/.flwr``.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -138,9 +140,13 @@ def flwr_run(
     log: Path,
     federation_config: str | None = None,
     echo: bool = True,
+    superlink_log: Path | None = None,
 ) -> int:
     """``flwr run APP --stream`` with the run config written to a TOML file; streams the
-    run's output to the terminal (when ``echo``) and to ``log``; returns its exit status."""
+    run's output to the terminal (when ``echo``) and to ``log``; returns its exit status, or 1
+    when the ServerApp refused the run (Flower's CLI exits 0 then). When the SuperLink refuses
+    the run config (Flower says only "Invalid run configuration"), the key it names in
+    ``superlink_log`` is said too, with the closest valid one."""
     overrides = log.with_name("run_config.toml")
     overrides.write_text(tomli_w.dumps(run_config))
     cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(app_dir()), CONNECTION]
@@ -156,14 +162,43 @@ def flwr_run(
         **child_options(),
     )
     group.adopt("flwr run", proc, log)
+    from baps_fed.federation.coordinator_config import REFUSAL
+
+    refused = app_refused = False
     with open(log, "a") as f:
         assert proc.stdout is not None
         for line in proc.stdout:
             f.write(line)
             f.flush()
+            refused |= INVALID_RUN_CONFIG in line
+            app_refused |= REFUSAL in line
             if echo and _worth_echoing(line):
                 print(line.rstrip(), flush=True)
-    return proc.wait()
+    status = proc.wait()
+    if refused and superlink_log is not None:
+        reason = refused_key(superlink_log)
+        print(f"the SuperLink refused the run config: {reason}", flush=True)
+        with open(log, "a") as f:
+            f.write(f"the SuperLink refused the run config: {reason}\n")
+    return status or int(refused or app_refused)  # a refused run is a failed one
+
+
+INVALID_RUN_CONFIG = "Invalid run configuration"  # all Flower's CLI says (its error code 15)
+_NOT_PRESENT = re.compile(r"Key '([^']*)' is not present")  # what its SuperLink logs
+
+
+def refused_key(superlink_log: Path) -> str:
+    """Why the SuperLink refused a run config, from its log: the key, and the closest valid."""
+    from baps_fed.federation.run_config import run_config_keys
+
+    text = superlink_log.read_text(errors="replace") if superlink_log.is_file() else ""
+    keys = _NOT_PRESENT.findall(text)
+    if not keys:
+        return f"see {superlink_log} ('Could not start run')"
+    key = keys[-1]
+    close = difflib.get_close_matches(key.replace("_", "-"), sorted(run_config_keys()), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "see pyproject.toml's [tool.flwr.app.config]"
+    return f"unknown key {key!r}; {hint}"
 
 
 def _worth_echoing(line: str) -> bool:

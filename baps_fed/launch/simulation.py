@@ -32,4 +32,7 @@ def run_simulation(
             database=out / "superlink.db",
         )  # fmt: skip
         print(f"SuperLink (simulation) on 127.0.0.1:{port}; logs in {out}", flush=True)
-        return flwr_run(group, home, scenario.run_config(out, fm), out / "run.log", federation)
+        return flwr_run(
+            group, home, scenario.run_config(out, fm), out / "run.log", federation,
+            superlink_log=out / "superlink.log",
+        )  # fmt: skip

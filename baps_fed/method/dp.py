@@ -20,14 +20,24 @@ step the site has released.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+
+# Opacus calls logging.basicConfig when imported (opacus.utils.module_utils), which gives the
+# root logger a handler: then every line Flower logs, and every traceback, is printed twice.
+# Its handler is removed again; our warnings and errors still reach stderr (Python's
+# last-resort handler), once.
+_ROOT_HANDLERS = list(logging.getLogger().handlers)
+from opacus.accountants import create_accountant  # noqa: E402
+from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
+
+for _handler in [h for h in logging.getLogger().handlers if h not in _ROOT_HANDLERS]:
+    logging.getLogger().removeHandler(_handler)
 
 AccountantName = Literal["rdp", "prv"]
 

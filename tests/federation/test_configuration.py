@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import tomllib
@@ -17,8 +18,8 @@ from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.run_config import SITES_KEY, read_run_config, run_config_keys
 from baps_fed.federation.scenario import DEFAULT_SCENARIO, Scenario
 from baps_fed.flat_config import ConfigKeyError
-from coordinator.app import run_rounds
-from sites.app import local_site
+from coordinator.app import RunRefused, run_rounds
+from sites.app import local_site, site_spec
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -56,7 +57,9 @@ def test_the_coordinator_app_refuses_a_misspelt_pyproject_key_before_any_round(t
     context = Context(
         run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )
-    with pytest.raises(ConfigKeyError, match="did you mean 'rounds'"):
+    # one line (Flower logs a RunRefused without its traceback), naming the closest key
+    refused = "refused the run: run config: unknown key 'roundz'; did you mean 'rounds'?"
+    with pytest.raises(RunRefused, match=re.escape(refused)):
         run_rounds(None, context)  # type: ignore[arg-type]
     assert not any(tmp_path.iterdir())  # nothing was written
 
@@ -104,3 +107,44 @@ def test_a_site_refuses_a_misspelt_node_config_key():
     )
     with pytest.raises(ConfigKeyError, match="did you mean 'site-name'"):
         local_site(context)
+
+
+def test_flwr_run_defaults_make_each_simulated_partition_a_default_scenario_site():
+    """`flwr run .` sends sites = "[]": partition i is site i of the default scenario (more
+    partitions than its four sites cycle through the modalities with new names and seeds)."""
+    names = []
+    for pid in range(6):
+        node = {"partition-id": pid, "num-partitions": 6}
+        context = Context(run_id=1, node_id=10 + pid, node_config=node, state=RecordDict(),
+                          run_config=_pyproject_run_config())  # fmt: skip
+        names.append(site_spec(context).name)
+    assert names[:4] == [s["name"] for s in Scenario.load(DEFAULT_SCENARIO).sites]
+    assert len(set(names)) == 6
+    # an explicit list still says when a partition has no site
+    node = {"partition-id": 2, "num-partitions": 3}
+    run_config = {**_pyproject_run_config(), SITES_KEY: '[{"data": "fundus"}]'}
+    context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(),
+                      run_config=run_config)  # fmt: skip
+    with pytest.raises(
+        ValueError, match="partition 2 has no site: the run config's 'sites' lists 1"
+    ):
+        site_spec(context)
+
+
+def test_what_reaches_flower_has_its_keys_dashed_and_whole_counts(tmp_path):
+    """Flower refuses an override key its pyproject table lacks ("[code 15]"), so the CLI and
+    scenarios send dashed keys; a count given as 2.5 is refused, not truncated."""
+    from baps_fed.cli.federation import _run_config_from_args
+
+    args = argparse.Namespace(
+        rounds=1, min_sites=1, resume=False, overwrite=False, local_steps=None,
+        round_timeout=None, config=["server_lr=0.5", "batch_size=4"],
+    )  # fmt: skip
+    config = _run_config_from_args(args)
+    assert config["server-lr"] == 0.5 and config["batch-size"] == 4
+    assert set(config) <= set(_pyproject_run_config())
+    scenario = Scenario.load(DEFAULT_SCENARIO)
+    scenario.train["local_steps"] = 2
+    assert set(scenario.run_config(tmp_path, None)) <= set(_pyproject_run_config())
+    with pytest.raises(ValueError, match="config rounds: expected a whole number, got 2.5"):
+        read_run_config({"rounds": 2.5})

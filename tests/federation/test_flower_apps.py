@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from baps_fed.federation.contract import FedTrainConfig, initial_theta
 from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.server_optimizer import ServerOptConfig, ServerOptimizer
 from baps_fed.fm.tiny import save_tiny_weights
-from coordinator.app import run_rounds
+from coordinator.app import RunRefused, run_rounds
 from sites.app import app as client_app
 from sites.outbox import OutboxViolation, check_outgoing
 from tests.conftest import SMALL_ARCH
@@ -236,7 +237,9 @@ def test_a_site_keeps_its_own_decoder_at_home_when_asked(fed_setup, tmp_path):
         _allowed_only(reply.content)
 
 
-def test_a_site_past_its_privacy_budget_declines_and_the_others_go_on(fed_setup, tmp_path):
+def test_a_site_past_its_privacy_budget_declines_and_the_others_go_on(
+    fed_setup, tmp_path, capsys, caplog
+):
     _, context = fed_setup(2, tmp_path / "run")
     sites = json.loads(context.run_config["sites"])
     sites[0]["dp-epsilon-budget"] = 0.01  # site a: too little for even one round
@@ -253,6 +256,21 @@ def test_a_site_past_its_privacy_budget_declines_and_the_others_go_on(fed_setup,
     for reply in grid.replies:
         if not reply.has_error():
             _allowed_only(reply.content)
+    # named by its name, in one line with its reason: terminal, report.md and rounds.json
+    declined = "train a: privacy-budget-spent: the site declined the round"
+    for entry in state.history:
+        assert [f for f in entry["failures"] if f.startswith(declined)], entry["failures"]
+    failures = [f for e in state.history for f in e["failures"]]
+    assert not any(re.search(r"node \d", f) or "\n" in f for f in failures), failures
+    assert f"- round 2, {declined}" in report
+    rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())["history"]
+    assert rounds[1]["failures"] == state.history[1]["failures"]
+    out = capsys.readouterr()
+    assert f"  round 1, {declined}" in out.out
+    # the site's own log: one line with its local cause (no traceback)
+    site_lines = [ln for ln in caplog.messages if "privacy-budget-spent" in ln]
+    assert site_lines and all("declines round" in ln for ln in site_lines)
+    assert "Traceback" not in caplog.text
 
 
 def test_seed_and_scalar_uploads_give_the_dense_run_bit_for_bit(fed_setup, tmp_path):
@@ -316,6 +334,53 @@ def test_a_silent_site_is_skipped_and_the_run_goes_on(fed_setup, tmp_path):
     assert set(state.history[1]["train"]) == {"a"}
     assert any("no reply" in f for f in state.history[1]["failures"])
     assert "Sites that failed" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_failures_name_the_site_even_when_flower_reports_them(fed_setup, tmp_path):
+    """An error reply made by the SuperLink (a site gone offline) comes from node 1, not from
+    the site: it is named by the node its message went to, under the name that site gave."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
+    grid, context = fed_setup(2, tmp_path / "run")
+
+    def offline_in_round_2(reply):
+        if reply.metadata.src_node_id == 12 and reply.metadata.message_type == "train":
+            sent = next(
+                m for m in grid.sent if m.metadata.message_id == reply.metadata.reply_to_message_id
+            )
+            if sent.content["config"]["server-round"] == 2:
+                reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, "Error: Node Unavailable"),
+                                reply_to=sent)  # fmt: skip
+                reply.metadata.__dict__["_src_node_id"] = 1  # as the SuperLink sends it
+        return reply
+
+    grid.on_reply = offline_in_round_2
+    state = run_rounds(grid, context)
+    assert state.history[1]["failures"] == [
+        "train b: flower-error-5: the site went offline before it replied (its SuperNode "
+        "stopped answering)"
+    ]  # once, by name: no "node 1", no "no reply" for the same site
+
+
+def test_a_run_no_site_can_join_is_refused_after_one_exchange(tmp_path):
+    """SuperNodes without data (a node config naming none): one line, at once, not rounds of
+    failures; nothing is checkpointed."""
+    out = tmp_path / "run"
+    run_config = {"rounds": 5, "min-sites": 1, "out-dir": str(out)}
+    nodes = {11: {"site-name": "hospital-a"}, 12: {}}
+    grid = LoopbackGrid(client_app, nodes, run_config)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=run_config)  # fmt: skip
+    with pytest.raises(RunRefused) as refused:
+        run_rounds(grid, context)
+    message = str(refused.value)
+    assert message.startswith("refused the run: no site could take part in round 1: ")
+    assert "train hospital-a: configuration: " in message
+    assert "train unnamed site (Flower node 12): configuration: " in message
+    assert "\n" not in message
+    assert len(grid.sent) == 2  # one train message per node, then nothing
+    assert not (out / "checkpoint.npz").exists() and not (out / "report.md").exists()
 
 
 # -- the audit log ------------------------------------------------------------------------------

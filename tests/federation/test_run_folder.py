@@ -18,7 +18,7 @@ from baps_fed.federation.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from coordinator.app import run_rounds
+from coordinator.app import RunRefused, run_rounds
 
 
 def _state(theta: np.ndarray) -> CoordinatorState:
@@ -43,7 +43,7 @@ def test_the_coordinator_app_refuses_to_wipe_a_run(tmp_path):
         run_id=1, node_id=0, node_config={}, state=RecordDict(),
         run_config={"out-dir": str(tmp_path)},
     )  # fmt: skip
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunRefused, match="refused the run: .* holds a run .*--resume"):
         run_rounds(None, context)  # type: ignore[arg-type]
     assert (tmp_path / AUDIT_LOG).read_text() == '{"round": 1}\n'  # untouched
 

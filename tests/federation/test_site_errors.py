@@ -18,6 +18,7 @@ from baps_fed.federation.site_errors import (
     error_kind,
     error_reason,
     is_allowed_reason,
+    reason_parts,
 )
 from baps_fed.flat_config import ConfigKeyError
 from baps_fed.fm.errors import QueryBudgetExceeded
@@ -56,12 +57,30 @@ def test_only_the_fixed_form_is_allowed_and_shown():
     assert not is_allowed_reason(f"data (site reference 0123abcd) /data/{PATIENT}")
     assert not is_allowed_reason("nonsense (site reference 0123abcd)")
     assert not is_allowed_reason(None)
-    shown = describe_error(
-        f"Traceback ...\n  File /data/{PATIENT}.png", ErrorCode.CLIENT_APP_CRASHED
-    )
+    traceback = f"Traceback ...\n  File /data/{PATIENT}.png"
+    shown = describe_error(traceback, ErrorCode.UNKNOWN)
     assert PATIENT not in shown and "withheld" in shown
+    # Flower's own errors: what the code means, never the text
+    shown = describe_error(traceback, ErrorCode.CLIENT_APP_CRASHED)
+    assert PATIENT not in shown and "crashed" in shown and "\n" not in shown
+    assert "went offline" in describe_error("node unavailable", ErrorCode.NODE_UNAVAILABLE)
     shown = describe_error(error_reason("data", "0123abcd"), ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
     assert shown == f"data: {ERROR_KINDS['data']} (site reference 0123abcd)"
+
+
+def test_an_error_reason_names_the_site_when_its_name_is_plain():
+    named = error_reason("data", "0123abcd", "hospital-a")
+    assert named == "data (site reference 0123abcd, site name hospital-a)"
+    assert is_allowed_reason(named)
+    assert reason_parts(named) == ("data", "0123abcd", "hospital-a")
+    assert describe_error(named, ErrorCode.CLIENT_APP_RAISED_EXCEPTION) == (
+        f"data: {ERROR_KINDS['data']} (site reference 0123abcd)"
+    )
+    # a name that could carry more than a name is left out, never sent
+    for odd in (f"/data/{PATIENT}", "a b", "x" * 65, "", "a)\n"):
+        reason = error_reason("data", "0123abcd", odd)
+        assert reason == "data (site reference 0123abcd)" and is_allowed_reason(reason)
+    assert not is_allowed_reason("data (site reference 0123abcd, site name a/b)")
 
 
 def _message() -> Message:

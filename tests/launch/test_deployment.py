@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import ssl
 import threading
 import urllib.error
@@ -142,8 +143,13 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
     superlink_log = (tmp_path / "coordinator" / "superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink_log
     assert (tmp_path / "coordinator" / "gateway.log").is_file()
-    # hospital-c's errors reached the coordinator as a kind and a reference, nothing more
+    # hospital-c's errors reached the coordinator as a kind and a reference, nothing more,
+    # named by its name in one line (rounds.json, report.md), never by a Flower node id
     assert any("data: the site's data could not be read" in f for f in history[0]["failures"])
+    assert any(f.startswith("train hospital-c: data: ") for f in history[0]["failures"])
+    assert not re.search(r"node \d", json.dumps(history))
+    report = (tmp_path / "coordinator" / "report.md").read_text()
+    assert "- round 1, train hospital-c: data: the site's data could not be read" in report
     for path in (tmp_path / "coordinator").rglob("*"):
         if path.is_file():
             assert PATIENT.encode() not in path.read_bytes(), path
