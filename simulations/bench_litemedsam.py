@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     fm = load_fm("litemedsam")
     # the same network, told it may take points: what a point gives, measured, not assumed
-    fm_points = replace_kinds(fm)
+    fm_points = with_points_allowed(fm)
     sets: dict[str, SegmentationDataset] = {}
     if Path(args.data).is_dir():
         sets["drishti-gs (real)"] = open_source(args.data, layout="generic")
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(report))
 
 
-def replace_kinds(fm):
+def with_points_allowed(fm):
     """A second handle on the same model that accepts points too (for the point row only)."""
     from baps_fed.fm.torch_fm import TorchSamFM
 
