@@ -67,10 +67,31 @@ if not any(isinstance(f, _OneLineRefusal) for f in _flwr_logger.filters):
     _flwr_logger.addFilter(_OneLineRefusal())
 
 
+REPLY_POLL_S = 0.2  # Flower's send_and_receive looks every 3 s: a round's wall would wait
+NODES_POLL_S = 2.0  # how often to ask whether the sites still waited for are connected
+
+
 def _exchange(
     grid: Grid, strategy: UpdateAveraging, messages: list[Message], timeout: float, phase: str
 ) -> list[Message]:
-    replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+    """Send the round's messages and collect the replies as they arrive, until all are in,
+    every site still waited for has left, or ``timeout`` seconds have passed."""
+    replies: list[Message] = []
+    if messages:
+        ids = list(grid.push_messages(messages))
+        node_of = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True)}
+        waiting, start = set(ids), time.monotonic()
+        nodes_checked = start
+        while waiting and time.monotonic() - start < timeout:
+            arrived = list(grid.pull_messages(waiting))
+            replies += arrived
+            waiting -= {m.metadata.reply_to_message_id for m in arrived}
+            if waiting and time.monotonic() - nodes_checked >= NODES_POLL_S:
+                nodes_checked = time.monotonic()
+                if not {node_of[i] for i in waiting} & set(grid.get_node_ids()):
+                    break  # none of them can answer any more
+            if waiting:
+                time.sleep(REPLY_POLL_S)
     strategy.record_failures(replies, messages, phase)
     return replies
 

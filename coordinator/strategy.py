@@ -103,7 +103,7 @@ class UpdateAveraging(FedAvg):
                 {k: a.numpy() for k, a in m.content["arrays"].items()},
                 dict(m.content["metrics"]),
             )
-            for m in valid
+            for m in sorted(valid, key=site_name)  # arrival order must not change the sum
         ]
         if not self.agg.apply_round(server_round, self.round_uploads):
             return None, None

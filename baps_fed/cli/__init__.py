@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Our commands serve gRPC (the FM service, the site's process) and start Flower's processes,
+# which exec at once: gRPC's fork handlers have nothing to protect and only log that they skip.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from baps_fed.cli import federation, fm, single_site
 

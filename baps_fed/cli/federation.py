@@ -155,11 +155,15 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
 
 def _cmd_site(args: argparse.Namespace) -> int:
-    from baps_fed.launch.deployment import SiteSettings, supervise_site
     from baps_fed.launch.processes import ProcessGroup
+    from baps_fed.launch.site import SiteSettings, run_site
 
     if args.insecure == (args.ca is not None):
         raise ValueError("give --ca ca.crt (the coordinator's CA) or --insecure")
+    if args.insecure and args.key is not None:
+        raise ValueError(
+            "--key (node authentication) needs TLS: give --ca ca.crt instead of --insecure"
+        )
     node_config = {"data": args.data, "site-name": args.name, "fm": args.fm}
     node_config.update({"n": args.n, "seed": args.seed, "scanner": args.scanner})
     node_config["layout"] = args.layout
@@ -174,15 +178,14 @@ def _cmd_site(args: argparse.Namespace) -> int:
         ca_cert=args.ca,
         private_key=args.key,
         port=args.port,
+        threads=args.threads,
+        stay=args.stay,
     )
     sigterm_as_interrupt()
     with ProcessGroup() as group:
-        print(
-            f"site {args.name}: SuperNode started for {args.superlink}; "
-            f"log {args.out / 'supernode.log'}"
-        )
+        print(f"site {args.name}: starting for {args.superlink}; log {args.out / 'supernode.log'}")
         try:
-            return supervise_site(settings, group)
+            return run_site(settings, group)
         except KeyboardInterrupt:
             print(f"site {args.name}: stopping")
             return 0
@@ -272,6 +275,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dp-delta", type=float, default=site.dp_delta, help="this site's DP delta")
     p.add_argument("--port", type=int, default=0, help="local SuperNode API port (0: free)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of this site's computation (default: all cores; with several sites "
+        "on one machine, give each its share)",
+    )
+    p.add_argument(
+        "--stay", action="store_true", help="after a run ends, wait for the next (default: exit)"
+    )
     p.add_argument(
         "--out", type=Path, default=Path("runs/site"), help="logs and the site's state (state/)"
     )

@@ -13,17 +13,6 @@ from __future__ import annotations
 import re
 import secrets
 
-from baps_fed.data.sample import DatasetError
-from baps_fed.federation.contract import PrivacyBudgetExhausted
-from baps_fed.flat_config import ConfigKeyError
-from baps_fed.fm.errors import (
-    FMError,
-    FMInputError,
-    FMRefused,
-    FMTransientError,
-    QueryBudgetExceeded,
-)
-
 # kind -> what the coordinator's operator reads: the cause, and whom to ask
 ERROR_KINDS: dict[str, str] = {
     "privacy-budget-spent": "the site declined the round: it would pass its epsilon budget "
@@ -35,6 +24,8 @@ ERROR_KINDS: dict[str, str] = {
     "fm-refused": "the site's FM refused the query or the credentials",
     "outbox-violation": "the reply held something that may not leave the site; nothing was sent",
     "internal": "the site failed (see the site's log)",
+    "site-worker": "the site's long-lived process did not answer its SuperNode (see the site's "
+    "terminal)",
 }
 _SITE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a name an error reply may carry
 _REASON = re.compile(
@@ -54,6 +45,18 @@ FLOWER_ERRORS: dict[int, str] = {
 
 def error_kind(err: BaseException, outbox_violation: type[BaseException] | None = None) -> str:
     """The fixed kind of an exception raised while a site handled a message."""
+    # imported here: the site's relay (sites/app.py) uses this module without torch
+    from baps_fed.data.sample import DatasetError
+    from baps_fed.federation.contract import PrivacyBudgetExhausted
+    from baps_fed.flat_config import ConfigKeyError
+    from baps_fed.fm.errors import (
+        FMError,
+        FMInputError,
+        FMRefused,
+        FMTransientError,
+        QueryBudgetExceeded,
+    )
+
     if outbox_violation is not None and isinstance(err, outbox_violation):
         return "outbox-violation"
     if isinstance(err, PrivacyBudgetExhausted):

@@ -3,19 +3,15 @@ on Flower's deployment engine (SuperLink at the coordinator, one SuperNode per h
 
 The coordinator starts a SuperLink (TLS and node authentication by default; a persistent state
 database in its folder), registers the hospitals' public keys, submits this app with
-``flwr run`` and streams its progress; the report lands in the same folder. A site starts a
-SuperNode with its node config (data path, FM spec, name): its data never leaves it.
+``flwr run`` and streams its progress; the report lands in the same folder. A site
+(``baps_fed.launch.site``) starts a SuperNode with its node config (data path, FM spec, name):
+its data never leaves it.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomli_w
 
 from baps_fed.launch.flower_cli import (
     CONNECTION,
@@ -26,7 +22,7 @@ from baps_fed.launch.flower_cli import (
     start_superlink,
     write_connection,
 )
-from baps_fed.launch.processes import ProcessGroup, flower_env, free_port
+from baps_fed.launch.processes import ProcessGroup, free_port
 
 
 @dataclass
@@ -101,63 +97,3 @@ def run_coordinator(s: CoordinatorSettings, group: ProcessGroup | None = None) -
     finally:
         if own:
             group.stop()
-
-
-@dataclass
-class SiteSettings:
-    superlink: str  # host:port of the coordinator's SuperLink
-    node_config: dict  # data, site-name, fm, n, seed, scanner, layout
-    folder: Path  # logs and the node-config file
-    ca_cert: Path | None = None  # None = --insecure
-    private_key: Path | None = None  # the hospital's node key (node authentication)
-    port: int = 0  # the SuperNode's local API port (0: a free one)
-
-
-def start_site(s: SiteSettings, group: ProcessGroup) -> subprocess.Popen:
-    """Start the hospital's SuperNode in ``group``; returns its process."""
-    s.folder.mkdir(parents=True, exist_ok=True)
-    node_config = s.folder / "node_config.toml"
-    node_config.write_text(tomli_w.dumps(s.node_config))
-    cmd = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", s.superlink]
-    if s.ca_cert is None:
-        cmd.append("--insecure")
-    else:
-        if not s.ca_cert.is_file():
-            raise FileNotFoundError(f"{s.ca_cert}: the coordinator's CA certificate is missing")
-        cmd += ["--root-certificates", str(s.ca_cert)]
-    if s.private_key is not None:
-        if not s.private_key.is_file():
-            raise FileNotFoundError(f"{s.private_key}: this hospital's node key is missing")
-        cmd += ["--auth-supernode-private-key", str(s.private_key)]
-    cmd += ["--node-config", str(node_config), "--port", str(s.port or free_port())]
-    return group.start(
-        f"supernode {s.node_config.get('site-name', '')}",
-        cmd,
-        flower_env(s.folder / "flwr_home"),
-        s.folder / "supernode.log",
-    )
-
-
-NOT_REGISTERED = "Failed to activate SuperNode"  # Flower's message when the key is unknown
-
-
-def supervise_site(s: SiteSettings, group: ProcessGroup, retry_s: float = 15.0) -> int:
-    """Run the SuperNode until it ends; while the coordinator has not registered this
-    hospital's key (or is not up yet), restart it every ``retry_s`` seconds."""
-    log = s.folder / "supernode.log"
-    while True:
-        start = log.stat().st_size if log.is_file() else 0
-        proc = start_site(s, group)
-        status = proc.wait()
-        with open(log, "rb") as f:
-            f.seek(start)
-            tail = f.read().decode(errors="replace")
-        if status == 0 or NOT_REGISTERED not in tail:
-            return status
-        print(
-            f"site {s.node_config.get('site-name')}: the coordinator refused or did not answer "
-            f"(not registered yet?); retrying in {retry_s:.0f} s",
-            flush=True,
-        )
-        group.forget(proc)
-        time.sleep(retry_s)

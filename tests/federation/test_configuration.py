@@ -19,7 +19,7 @@ from baps_fed.federation.run_config import SITES_KEY, read_run_config, run_confi
 from baps_fed.federation.scenario import DEFAULT_SCENARIO, Scenario
 from baps_fed.flat_config import ConfigKeyError
 from coordinator.app import RunRefused, run_rounds
-from sites.app import local_site, site_spec
+from sites.site_app import local_site, site_spec
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

@@ -23,15 +23,11 @@ import pytest
 from baps_fed.federation.checkpoint import load_checkpoint
 from baps_fed.federation.contract import FedTrainConfig, initial_theta
 from baps_fed.launch.certs import make_pilot_certs
-from baps_fed.launch.deployment import (
-    NOT_REGISTERED,
-    CoordinatorSettings,
-    SiteSettings,
-    run_coordinator,
-    start_site,
-)
+from baps_fed.launch.deployment import CoordinatorSettings, run_coordinator
 from baps_fed.launch.flower_cli import CONNECTION, flwr, write_connection
 from baps_fed.launch.processes import ProcessGroup, free_port
+from baps_fed.launch.site import SiteSettings, start_site
+from baps_fed.launch.site_terminal import NOT_REGISTERED
 from tests.launch.waiting import wait_for
 
 PATIENT = "DOE_JOHN_19700101"  # a planted patient file name

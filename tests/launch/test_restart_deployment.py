@@ -22,8 +22,8 @@ import pytest
 
 from baps_fed.federation.checkpoint import load_checkpoint
 from baps_fed.launch.certs import make_pilot_certs
-from baps_fed.launch.deployment import SiteSettings, start_site, supervise_site
 from baps_fed.launch.processes import ProcessGroup, free_port
+from baps_fed.launch.site import SiteSettings, start_site, supervise_site
 from tests.launch.waiting import wait_for
 
 pytestmark = pytest.mark.slow
