@@ -215,6 +215,12 @@ def test_two_rounds_change_the_decoder_and_report_every_site(fed_setup, tmp_path
         assert entry["train"]["a"]["fm-queries"] == 2 * 2 * 2 * 2  # steps x 2K x batch
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| a |" in report and "| weighted |" in report
+    # each round's wall time, train fan-out to the end of its evaluate, as every runtime
+    # records it (simulations/bench_deployment.py compares the simulation's and deployment's)
+    rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())["history"]
+    assert [e["round"] for e in rounds] == [1, 2]
+    assert all(0 < e["seconds"] < 600 for e in rounds)
+    assert all(e["train"][s]["seconds"] < e["seconds"] for e in rounds for s in "ab")
     # the private head trained at each site and stayed there (the update is the shared part)
     for node in (11, 12):
         private = grid.contexts[node].state["site-state"]["private"].numpy()
