@@ -35,6 +35,7 @@ from baps_fed.single_site.run import run_training
 from baps_fed.single_site.training import TrainConfig
 
 ARMS = ("prompt", "box", "both")
+REFINERS = {"image": "linear in image features", "bias": "by one bias per side"}
 TIGHT = PromptConfig(kind="box", box=BoxConfig(protocol="tight"))
 
 
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fm", default="litemedsam")
     ap.add_argument("--size", type=int, default=256, help="letterbox size (LiteMedSAM's input)")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument(
+        "--box-refiner",
+        default=DecoderConfig.box_refiner,
+        choices=("image", "bias"),
+        help="the refiner's moves: linear in image features, or one bias per side",
+    )
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--val-every", type=int, default=10)
     ap.add_argument("--batch", type=int, default=4)
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     gap = zero["tight"]["dice"] - zero["loose"]["dice"]
     rows = []
     for arm in args.arms:
-        decoder = build_decoder(DecoderConfig(image_size=args.size, adapt=arm))  # type: ignore[arg-type]
+        dec_cfg = DecoderConfig(image_size=args.size, adapt=arm, box_refiner=args.box_refiner)  # type: ignore[arg-type]
+        decoder = build_decoder(dec_cfg)
         step = StepConfig(
             batch_size=args.batch,
             spsa=SpsaConfig(sp_avg=args.sp_avg, lr=args.lr, update="sign", schedule="constant"),
@@ -123,7 +131,8 @@ def markdown(report: dict) -> str:
         f"Data `{a['data']}` letterboxed to {a['size']} px, split {report['split_sizes']}; "
         f"FM `{a['fm']}`; SPSA-GC sign updates, lr {a['lr']}, {a['steps']} steps of batch "
         f"{a['batch']} x 2K = {2 * int(a['sp_avg'])} perturbed copies, validation every "
-        f"{a['val_every']} steps; seed {a['seed']}, {a['threads']} torch threads.",
+        f"{a['val_every']} steps; seed {a['seed']}, {a['threads']} torch threads; box refiner "
+        f"moves {REFINERS[a.get('box_refiner', 'image')]}.",
         "",
         f"The site's boxes: each side out by {a['box_margin']} +- {a['box_jitter']} of the "
         "box's size (loose).",

@@ -74,6 +74,9 @@ class DecoderConfig:
     # what SPSA adapts: the visual "prompt", the "box" the FM receives (box_refiner.py, box
     # prompts only), or "both"
     adapt: Literal["prompt", "box", "both"] = "prompt"
+    # what the box refiner's moves depend on: the "image" features (4 x (rank + 1) parameters)
+    # or a "bias" alone (4: one move per side, the same for every image: a site's drawing habit)
+    box_refiner: Literal["image", "bias"] = "image"
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,9 @@ class IPDecoder(nn.Module):
             raise ValueError(f"adapt must be one of {', '.join(ADAPT_KINDS)}, got {cfg.adapt!r}")
         if cfg.adapt == "box":  # the box alone: no visual prompt
             self.head = nn.ParameterDict()
-        sides = torch.zeros(SIDES, cfg.feature_rank + 1)
+        if cfg.box_refiner not in ("image", "bias"):
+            raise ValueError(f"box_refiner must be image or bias, got {cfg.box_refiner!r}")
+        sides = torch.zeros(SIDES, cfg.feature_rank + 1 if cfg.box_refiner == "image" else 1)
         self.refiner = nn.ParameterDict(
             {"sides": nn.Parameter(sides)} if cfg.adapt in ("box", "both") else {}
         )
@@ -261,6 +266,11 @@ class IPDecoder(nn.Module):
         z = (z - self.feat_mean) / self.feat_std
         return torch.cat([z.new_ones(z.shape[0], 1), z], 1)
 
+    def refiner_features(self, inputs: DecoderInputs) -> torch.Tensor:
+        """[B, r + 1] or, for a bias-only refiner, [B, 1]: what each side's move is linear in."""
+        feats = self.features(inputs)
+        return feats if self.cfg.box_refiner == "image" else feats[:, :1]
+
     def refine(self, thetas: np.ndarray, inputs: DecoderInputs, prompts: Prompts, hw) -> Prompts:
         """The prompts the FM receives under each of T weight vectors: boxes [T*B, 4] moved by
         the refiner (T-major, as the prompted images are), or the given prompts repeated."""
@@ -268,7 +278,7 @@ class IPDecoder(nn.Module):
         if not self.refines_boxes or prompts.boxes is None:
             return prompts.tile(len(t))
         coef = torch.as_tensor(t[:, self.n_visual :]).view(len(t), SIDES, -1)
-        boxes = refine_boxes(coef, self.features(inputs), prompts.boxes, hw)
+        boxes = refine_boxes(coef, self.refiner_features(inputs), prompts.boxes, hw)
         return Prompts(boxes=boxes.reshape(-1, 4))
 
     def _basis_prompts(self, thetas: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:

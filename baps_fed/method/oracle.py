@@ -55,7 +55,8 @@ def train_oracle(
             if decoder.refines_boxes:
                 coef = theta[decoder.n_visual :].view(1, SIDES, -1)
                 hw = (x.shape[2], x.shape[3])
-                boxes = refine_boxes_torch(coef, decoder.features(inputs), boxes, hw)[0].float()
+                feats = decoder.refiner_features(inputs)
+                boxes = refine_boxes_torch(coef, feats, boxes, hw)[0].float()
             logits = model(x, boxes=boxes)
         loss = soft_dice_loss_torch(logits, torch.from_numpy(masks[idx])).mean()
         opt.zero_grad()

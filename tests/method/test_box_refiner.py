@@ -65,6 +65,24 @@ def test_what_theta_holds_per_adapt_kind(adapt, visual, box):
         assert not dec.prompts(theta, inputs).any()  # the pixels are left alone
 
 
+def test_a_bias_refiner_moves_every_images_box_the_same_way(tmp_path):
+    dec = build_decoder(DecoderConfig(image_size=64, adapt="box", box_refiner="bias"))
+    assert dec.num_params == 4  # one move per side
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    drawn = np.array([[10, 10, 50, 50], [20, 0, 40, 60]], np.float32)
+    inputs = dec.encode(images, Prompts(boxes=drawn))
+    theta = np.array([0.1, 0.1, 0.1, 0.1], np.float32)  # each side inwards by 10 % of the size
+    sent = dec.refine(theta[None], inputs, Prompts(boxes=drawn), (64, 64)).boxes
+    np.testing.assert_allclose(sent, [[14, 14, 46, 46], [22, 6, 38, 54]], rtol=1e-6)
+    dec.set_theta(theta)
+    save_decoder(tmp_path / "d.pt", dec)
+    back, _ = load_decoder(tmp_path / "d.pt")
+    assert back.cfg.box_refiner == "bias"
+    np.testing.assert_array_equal(back.get_theta(), theta)
+    with pytest.raises(ValueError, match="box_refiner must be image or bias"):
+        build_decoder(DecoderConfig(adapt="box", box_refiner="learned"))  # type: ignore[arg-type]
+
+
 def test_a_refining_decoder_reloads_exactly(tmp_path):
     dec = build_decoder(DecoderConfig(image_size=64, adapt="both"))
     theta = np.random.default_rng(1).standard_normal(dec.num_params).astype(np.float32) * 0.05
