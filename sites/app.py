@@ -2,7 +2,8 @@
 
 Under ``baps-fed site`` the node config names the site's long-lived process
 (``site-worker``): the message is relayed there, where the FM, the data and the decoder are
-built once (``baps_fed.federation.site_relay``); this process then never imports torch.
+built once (``sites/worker.py``, reached through ``sites/relay.py``); this process then
+never imports torch.
 Elsewhere (Flower's simulation runtime, a plain ``flower-supernode``) the site's ClientApp
 (``sites/site_app.py``) runs here, in this process.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from baps_fed.federation.site_relay import WORKER_KEY, forward
+from baps_fed.federation.worker_address import WORKER_KEY
+from sites.relay import forward
 
 app = ClientApp()
 

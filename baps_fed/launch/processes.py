@@ -83,13 +83,19 @@ class ProcessGroup:
         self.stop()
 
     def start(
-        self, name: str, cmd: Sequence[str], env: dict[str, str], log: Path | None = None
+        self,
+        name: str,
+        cmd: Sequence[str],
+        env: dict[str, str],
+        log: Path | None = None,
+        inherit: bool = False,
     ) -> subprocess.Popen:
-        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        """Start ``cmd``; its output goes to ``log``, or to our own terminal (``inherit``), or
+        nowhere."""
+        out = open(log, "ab") if log else None if inherit else subprocess.DEVNULL  # noqa: SIM115
         try:
-            proc = subprocess.Popen(
-                list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, **child_options()
-            )
+            err = subprocess.STDOUT if out is not None else None
+            proc = subprocess.Popen(list(cmd), env=env, stdout=out, stderr=err, **child_options())
         finally:
             if log:
                 out.close()  # the child has its own copy of the descriptor

@@ -1,14 +1,16 @@
 """``baps-fed site``: one hospital on Flower's deployment engine.
 
-The site's process lives as long as the site: it loads the FM and decodes the data once,
-serves the site's ClientApp to the relay that Flower's SuperNode starts for each message
-(``baps_fed.federation.site_relay``), and runs the SuperNode. Its terminal says what the
-operator needs: ready, connected, each round's result, the run's end, and every failure with
-its cause and what to do (``site_terminal``); the full SuperNode log stays in its folder.
+Two processes: the site's own (``sites/worker.py``), which loads the FM and decodes the data
+once and serves the site's ClientApp for as long as the site runs, and the SuperNode, whose
+per-message ClientApp relays each message to it (``sites/relay.py``; the address is a private
+Unix socket, ``worker_address``). The terminal says what the operator needs: ready, connected,
+each round's result, the run's end, and every failure with its cause and what to do
+(``site_terminal``); the full SuperNode log stays in the site's folder.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,12 @@ from pathlib import Path
 
 import tomli_w
 
+from baps_fed.federation.worker_address import (
+    WORKER_KEY,
+    finished_marker,
+    private_socket_address,
+    socket_path,
+)
 from baps_fed.launch.processes import ProcessGroup, flower_env, free_port
 from baps_fed.launch.site_terminal import LogWatcher, SiteTerminal
 
@@ -70,16 +78,24 @@ def supervise_site(
     group: ProcessGroup,
     retry_s: float = 15.0,
     terminal: SiteTerminal | None = None,
+    worker: subprocess.Popen | None = None,
 ) -> int:
-    """Run the SuperNode until the run ends (``terminal.finished``, unless ``s.stay``) or the
-    SuperNode does; while the coordinator has not registered this hospital's key (or is not up
-    yet), restart it every ``retry_s`` seconds. The SuperNode log's news goes to the terminal."""
+    """Run the SuperNode until the run ends (the site's process ``worker`` exits with 0 once
+    it has seen the last round; ``s.stay``: never) or the SuperNode does; while the coordinator
+    has not registered this hospital's key (or is not up yet), restart it every ``retry_s``
+    seconds. The SuperNode log's news goes to the terminal."""
     terminal = terminal or SiteTerminal(s.name, s.superlink, tls=s.ca_cert is not None)
     log = s.folder / "supernode.log"
     while True:
         watcher = LogWatcher(log, terminal)
         proc = start_site(s, group)
-        status = _watch(proc, watcher, terminal, s.stay)
+        address = s.node_config.get(WORKER_KEY)
+        status = _watch(proc, watcher, terminal, s.stay, worker, address)
+        if status == _WORKER_FAILED:
+            group.stop_one(proc)
+            group.forget(proc)
+            terminal.say(f"its own process stopped (exit status {worker.returncode}); exiting")
+            return worker.returncode or 1
         if status is None:  # the run ended and its coordinator has gone
             group.stop_one(proc)
             group.forget(proc)
@@ -102,17 +118,32 @@ def supervise_site(
 _END_GRACE_S = 120.0
 
 
+_WORKER_FAILED = -1000  # _watch: the site's own process ended with an error
+
+
 def _watch(
-    proc: subprocess.Popen, watcher: LogWatcher, terminal: SiteTerminal, stay: bool
+    proc: subprocess.Popen,
+    watcher: LogWatcher,
+    terminal: SiteTerminal,
+    stay: bool,
+    worker: subprocess.Popen | None,
+    worker_address: str | None = None,
 ) -> int | None:
-    """The SuperNode's exit status, or None once the run has ended and its coordinator has
-    gone (or ``_END_GRACE_S`` passed)."""
+    """The SuperNode's exit status, ``_WORKER_FAILED``, or None once the run has ended and its
+    coordinator has gone (or ``_END_GRACE_S`` passed)."""
     ended_at: float | None = None
+    marker = finished_marker(worker_address) if worker_address else None
     while True:
+        if marker is not None and marker.exists():
+            terminal.finished.set()  # before the log's news: the coordinator may go at once
         status = proc.poll()
         watcher.poll()
         if status is not None:
             return status
+        if worker is not None and worker.poll() is not None:
+            if worker.returncode != 0:
+                return _WORKER_FAILED
+            terminal.finished.set()  # it exits with 0 once it has seen the run's last round
         if not stay and terminal.finished.is_set():
             if ended_at is None:
                 ended_at, failures = time.monotonic(), watcher.failures
@@ -121,35 +152,32 @@ def _watch(
         time.sleep(0.25)
 
 
+WORKER_START_S = 1800.0  # the longest the site's process may take to load its FM and data
+
+
 def run_site(s: SiteSettings, group: ProcessGroup) -> int:
-    """The hospital's site: its ClientApp served from this process (FM and data built once,
-    here), and its SuperNode relaying each message to it."""
-    from baps_fed.federation.site_relay import WORKER_KEY, serve, socket_address
-
+    """The hospital's site: its own process (FM and data built once, there) and its
+    SuperNode, whose per-message ClientApp relays to it."""
     terminal = SiteTerminal(s.name, s.superlink, tls=s.ca_cert is not None)
+    s.folder.mkdir(parents=True, exist_ok=True)
+    node_config = s.folder / "site_config.toml"
+    node_config.write_text(tomli_w.dumps(s.node_config))
+    address = private_socket_address()
+    cmd = [sys.executable, "-m", "sites.worker", "--node-config", str(node_config),
+           "--address", address]  # fmt: skip
     if s.threads is not None:
-        import torch
-
-        torch.set_num_threads(s.threads)
-    start = time.perf_counter()
-    from sites.site_app import site_app, warm_up  # torch, the FM code
-
+        cmd += ["--threads", str(s.threads)]
     try:
-        site = warm_up(s.node_config)
-    except Exception as err:  # a bad data path or FM spec: said here, before any round
-        terminal.say(f"cannot start: {err}")
-        return 2
-    terminal.say(
-        f"ready in {time.perf_counter() - start:.1f} s: {site.num_train} training cases "
-        f"({s.node_config.get('data')}), FM {site.spec.fm}"
-    )
-    address = socket_address()
-    server = serve(address, site_app, terminal.observe)
-    try:
-        return supervise_site(
-            replace(s, node_config={**s.node_config, WORKER_KEY: address}), group,
-            terminal=terminal,
-        )  # fmt: skip
+        worker = group.start(f"site {s.name}", cmd, dict(os.environ), log=None, inherit=True)
+        deadline = time.monotonic() + WORKER_START_S
+        while not socket_path(address).exists():  # it listens once its site is built
+            if worker.poll() is not None:
+                return worker.returncode  # it said why (a bad data path, a bad FM spec)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the site's process was not ready in {WORKER_START_S:.0f} s")
+            time.sleep(0.2)
+        settings = replace(s, node_config={**s.node_config, WORKER_KEY: address})
+        return supervise_site(settings, group, terminal=terminal, worker=worker)
     finally:
-        server.stop(grace=None)
-        shutil.rmtree(Path(address.removeprefix("unix:")).parent, ignore_errors=True)
+        group.stop()
+        shutil.rmtree(socket_path(address).parent, ignore_errors=True)

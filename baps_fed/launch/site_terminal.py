@@ -1,9 +1,9 @@
 """What a hospital's terminal shows while ``baps-fed site`` runs.
 
-Two sources: the site's own ClientApp, whose every reply passes through this process
-(``SiteTerminal.observe``: round N trained / evaluated, or failed and why), and the SuperNode's
-log (``LogWatcher``: connected, refused, TLS and connection failures), turned from Flower's
-words into the cause and what to do. Everything here stays at the site.
+Two sources: the site's own process (``sites/worker.py``) writes each round's result and the
+run's end to the same terminal itself; here is the SuperNode's side, read from its log
+(``LogWatcher``: connected, refused, TLS and connection failures) and turned from Flower's words
+into the cause and what to do. Everything here stays at the site.
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ import ssl
 import threading
 import time
 from pathlib import Path
-
-from flwr.app import Context, Message
-
-from baps_fed.federation.site_errors import reason_parts
 
 # Flower 1.42's SuperNode log lines (flwr/supernode, flwr/common/retry_invoker.py)
 CONNECTED = "Connection successful"
@@ -66,40 +62,15 @@ def probe(address: str, tls: bool, timeout_s: float = 3.0) -> str:
 
 
 class SiteTerminal:
-    """The site's lines on its terminal, each prefixed by its name; ``finished`` is set once
-    the run's last round has been evaluated here."""
+    """The launcher's lines on the site's terminal, each prefixed by the site's name;
+    ``finished`` is set once the site's process has seen the run's last round."""
 
     def __init__(self, name: str, superlink: str, tls: bool = True) -> None:
         self.name, self.superlink, self.tls = name, superlink, tls
         self.finished = threading.Event()
-        self._runs: set[int] = set()
 
     def say(self, text: str) -> None:
         print(f"site {self.name}: {text}", flush=True)
-
-    # ---- the site's own replies ----
-
-    def observe(self, msg: Message, context: Context, reply: Message) -> None:
-        kind = msg.metadata.message_type.split(".")[0]
-        config = msg.content.get("config", {}) if msg.has_content() else {}
-        rnd = int(config.get("server-round", 0))
-        rounds = int(context.run_config.get("rounds", 0))
-        if context.run_id not in self._runs:
-            self._runs.add(context.run_id)
-            self.say(f"run {context.run_id} started ({rounds} rounds)")
-        if reply.has_error():
-            parts = reason_parts(reply.error.reason)
-            what = f"{parts[0]} (site reference {parts[1]})" if parts else reply.error.reason
-            self.say(f"round {rnd} {kind} failed: {what}; the cause is logged above")
-        elif kind == "train":
-            self.say(f"round {rnd} trained: {_train_line(reply.content['metrics'])}")
-        elif kind == "evaluate":
-            self.say(f"round {rnd} evaluated: {_evaluate_line(reply.content['metrics'])}")
-        if kind == "evaluate" and rounds and rnd >= rounds:
-            self.say(f"run {context.run_id} finished: round {rnd} of {rounds}")
-            self.finished.set()
-
-    # ---- the SuperNode's log ----
 
     def connection_failed(self) -> None:
         why = probe(self.superlink, self.tls)
@@ -108,23 +79,6 @@ class SiteTerminal:
 
     def supernode_ended(self, status: int, why: str) -> None:
         self.say(f"its SuperNode stopped (exit status {status}): {why}")
-
-
-def _train_line(m) -> str:
-    parts = [f"{m.get('seconds', 0.0):.1f} s", f"{int(m.get('fm-queries', 0))} FM queries"]
-    if "train-loss" in m:
-        parts.append(f"loss {m['train-loss']:.4f}")
-    if "epsilon" in m:
-        parts.append(f"epsilon {m['epsilon']:.2f} (delta {m.get('delta', 0.0):g})")
-    return ", ".join(parts)
-
-
-def _evaluate_line(m) -> str:
-    return (
-        f"Dice {m.get('dice', float('nan')):.3f} (zero-shot {m.get('zero-shot-dice', 0.0):.3f}, "
-        f"global decoder {m.get('global-dice', 0.0):.3f}) on {int(m.get('num-examples', 0))} "
-        "test cases"
-    )
 
 
 class LogWatcher:

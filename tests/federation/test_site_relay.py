@@ -20,7 +20,8 @@ from flwr.app import (
 )
 
 from baps_fed.federation.site_errors import reason_parts
-from baps_fed.federation.site_relay import WORKER_KEY, forward, serve, socket_address
+from baps_fed.federation.worker_address import WORKER_KEY, private_socket_address
+from sites.relay import forward, serve
 
 
 def _train_message() -> Message:
@@ -49,7 +50,7 @@ def test_a_message_goes_to_the_site_process_and_its_reply_and_state_come_back(tm
         return Message(content=content, reply_to=msg)
 
     observed = []
-    address = socket_address(tmp_path)
+    address = private_socket_address(tmp_path)
     server = serve(address, site_app, lambda m, c, r: observed.append(r.content["metrics"]))
     try:
         msg, context = _train_message(), _context(address)
@@ -67,7 +68,7 @@ def test_a_message_goes_to_the_site_process_and_its_reply_and_state_come_back(tm
 
 
 def test_a_site_process_that_is_gone_is_a_fixed_kind_without_the_path(tmp_path):
-    address = socket_address(tmp_path)  # nothing serves it
+    address = private_socket_address(tmp_path)  # nothing serves it
     reply = forward(_train_message(), _context(address))
     assert reply.has_error()
     kind, _, site = reason_parts(reply.error.reason)

@@ -1,16 +1,17 @@
-"""The site's ClientApp in its long-lived process: a relay for the per-message Flower process.
+"""The relay between Flower's per-message ClientApp process and the site's long-lived one.
 
 Flower's SuperNode starts a new ClientApp process for every message (one token per
 ``flwr-clientapp`` process, Flower 1.42), so whatever a ClientApp builds (the FM, the decoded
 data, the calibrated decoder, the zero-shot evaluation) would be rebuilt twice a round. So
-``baps-fed site`` runs the site's ClientApp itself, in its own process, for the whole of its
-life (``serve``), and the ClientApp Flower starts per message is a relay (``forward``): it
+``baps-fed site`` runs the site's ClientApp in a process of its own for the whole of its life
+(``sites/worker.py``, which ``serve``s it), and the ClientApp Flower starts per message is a
+relay (``forward``): it
 sends the message and its context over a Unix socket and returns the reply and the context's
 new state. It imports neither torch nor the FM, so a message costs a Python start, not a site.
 
 Why not Flower's process isolation mode: there, too, ``flwr-clientapp`` serves one message and
-exits. Why a Unix socket in a private folder (mode 0700): only this user's processes can reach
-it, with no port and no token to leak; the site's data and FM never pass through it.
+exits. The address is a Unix socket in a private folder (``worker_address``); the site's data
+and FM never pass through it.
 
 Wire format: one gRPC method, whose request and reply are the same frame: Flower's own
 ``Message`` and ``Context`` protobufs, each preceded by its length (4 bytes, big-endian).
@@ -20,10 +21,8 @@ from __future__ import annotations
 
 import logging
 import struct
-import tempfile
 from collections.abc import Callable
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 from flwr.app import Context, Error, Message
@@ -38,10 +37,10 @@ from flwr.proto.message_pb2 import Context as ProtoContext
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from baps_fed.federation.site_errors import error_reason, new_reference
+from baps_fed.federation.worker_address import WORKER_KEY
 
 logger = logging.getLogger(__name__)
 
-WORKER_KEY = "site-worker"  # node config: the relay's address (set by ``baps-fed site``)
 _METHOD = "/baps_fed.SiteWorker/Handle"
 _LENGTH = struct.Struct(">I")
 _MAX_BYTES = 1 << 30  # a decoder update is small; the context's state holds a few of them
@@ -69,13 +68,6 @@ def unpack(frame: bytes) -> tuple[Message, Context]:
         raise ValueError(f"a site-worker frame of {len(frame)} bytes holds {at}")
     message = message_from_proto(ProtoMessage.FromString(parts[0]))
     return message, context_from_proto(ProtoContext.FromString(parts[1]))
-
-
-def socket_address(folder: Path | None = None) -> str:
-    """A fresh ``unix:`` address in a folder only this user may enter (a short path: a Unix
-    socket's path is limited to about 100 characters)."""
-    folder = Path(tempfile.mkdtemp(prefix="baps-fed-site-", dir=folder))  # mode 0700
-    return f"unix:{folder / 'worker.sock'}"
 
 
 # ---- the relay: the ClientApp process Flower starts for each message ----
