@@ -142,6 +142,7 @@ _RUN_SETTINGS = {
     "--vp-grid": ("decoder", "vp_grid"),
     "--image-encoder": ("decoder", "image_encoder"),
     "--adapt": ("decoder", "adapt"),
+    "--box-refiner": ("decoder", "box_refiner"),
     "--image-size": ("decoder", "image_size"),
     "--prompt": ("step", "prompt", "kind"),
     "--point-mode": ("step", "prompt", "point_mode"),
@@ -205,6 +206,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 init_seed=args.seed,
                 image_encoder=args.image_encoder,
                 adapt=args.adapt,
+                box_refiner=args.box_refiner,
                 image_size=args.image_size,
             )
         )
@@ -354,8 +356,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--adapt",
         default=DecoderConfig.adapt,
         choices=ADAPT_KINDS,
-        help="what SPSA learns: the visual prompt, the box sent to the FM (a per-side move "
-        "conditioned on the image; --prompt box), or both",
+        help="what SPSA learns: the visual prompt, the box sent to the FM (a per-side move; "
+        "--prompt box), or both",
+    )
+    p.add_argument(
+        "--box-refiner",
+        default=DecoderConfig.box_refiner,
+        choices=("bias", "image"),
+        help="the box refiner's moves: one per side for every image (bias), or linear in "
+        "image features (image)",
     )
     p.add_argument("--steps", type=int, default=run.steps)
     p.add_argument("--batch", type=int, default=step.batch_size)

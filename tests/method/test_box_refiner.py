@@ -29,9 +29,9 @@ from baps_fed.method.spsa_step import BOX_C, StepConfig, calibrate_c, prompt_fn,
 BOXES = np.array([[20, 30, 60, 90], [0, 0, 64, 64]], np.float32)
 
 
-def _decoder(adapt: str, size: int = 64) -> IPDecoder:
+def _decoder(adapt: str, size: int = 64, refiner: str = "bias") -> IPDecoder:
     torch.manual_seed(0)
-    cfg = DecoderConfig(image_size=size, adapt=adapt)  # type: ignore[arg-type]
+    cfg = DecoderConfig(image_size=size, adapt=adapt, box_refiner=refiner)  # type: ignore[arg-type]
     return IPDecoder(cfg, SmallImageEncoder().eval(), "test")
 
 
@@ -49,7 +49,7 @@ def test_sides_move_inwards_by_a_fraction_of_the_box_and_stay_valid():
 
 
 @pytest.mark.parametrize(
-    ("adapt", "visual", "box"), [("prompt", 72, 0), ("box", 0, 16), ("both", 72, 16)]
+    ("adapt", "visual", "box"), [("prompt", 72, 0), ("box", 0, 4), ("both", 72, 4)]
 )
 def test_what_theta_holds_per_adapt_kind(adapt, visual, box):
     dec = _decoder(adapt)
