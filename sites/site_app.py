@@ -89,23 +89,30 @@ def local_site(context: Context) -> LocalSite:
 def build_site(spec: SiteSpec, cfg: FedTrainConfig) -> LocalSite:
     """A site for this run, from the FM and the decoded data this process already holds (a
     long-lived site process loads its FM and decodes its data once, whatever the runs)."""
+    fm, data = _fm_and_data(spec, cfg.decoder_config().image_size)
+    return LocalSite(spec, cfg, fm=fm, data=data)
+
+
+def _fm_and_data(spec: SiteSpec, size: int) -> tuple[BlackboxFM, SegmentationDataset]:
     if spec.fm not in _FMS:
         _FMS[spec.fm] = load_fm(spec.fm)
-    size = cfg.decoder_config().image_size
     data_key = (spec.data, spec.n, spec.seed, spec.scanner, spec.layout, size)
     if data_key not in _DATA:
         _DATA[data_key] = open_source(
             spec.data, n=spec.n, seed=spec.seed, scanner=spec.scanner, layout=spec.layout,
             size=size,
         )  # fmt: skip
-    return LocalSite(spec, cfg, fm=_FMS[spec.fm], data=_DATA[data_key])
+    return _FMS[spec.fm], _DATA[data_key]
 
 
-def warm_up(node_config: dict) -> LocalSite:
-    """Build the site with the default run settings before any run: its FM loaded, its data
-    decoded and checked (a bad path fails here, at the site's terminal, not in round 1)."""
+def warm_up(node_config: dict) -> tuple[SiteSpec, int]:
+    """Before any run: load the FM and decode and check the data at the default image size (a
+    bad path fails here, at the site's terminal, not in round 1); the run's own settings, its
+    prompt kind among them, are checked when its first message comes. Returns the site's spec
+    and its number of cases."""
     spec = spec_from_flat(node_config, default_name="site", where="this site's settings")
-    return build_site(spec, FedTrainConfig())
+    _, data = _fm_and_data(spec, FedTrainConfig().decoder_config().image_size)
+    return spec, len(data)
 
 
 def _upload(context: Context) -> UploadShape:

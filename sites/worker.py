@@ -93,13 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     from sites.site_app import site_app, warm_up
 
     try:
-        site = warm_up(node_config)
+        spec, cases = warm_up(node_config)
     except Exception as err:  # a bad data path or FM spec: said here, before any round
         lines.say(f"cannot start: {err}")
         return 2
     lines.say(
-        f"ready in {time.perf_counter() - start:.1f} s: {site.num_train} training cases "
-        f"({node_config.get('data')}), FM {site.spec.fm}"
+        f"ready in {time.perf_counter() - start:.1f} s: {cases} cases ({spec.data}), FM {spec.fm}"
     )
     server = serve(args.address, site_app, lines)
     stop = threading.Event()

