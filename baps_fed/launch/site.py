@@ -80,8 +80,8 @@ def supervise_site(
     terminal: SiteTerminal | None = None,
     worker: subprocess.Popen | None = None,
 ) -> int:
-    """Run the SuperNode until the run ends (the site's process ``worker`` exits with 0 once
-    it has seen the last round; ``s.stay``: never) or the SuperNode does; while the coordinator
+    """Run the SuperNode until the run ends (the site's process ``worker`` marks it once it
+    has seen the last round; ``s.stay``: never) or the SuperNode does; while the coordinator
     has not registered this hospital's key (or is not up yet), restart it every ``retry_s``
     seconds. The SuperNode log's news goes to the terminal."""
     terminal = terminal or SiteTerminal(s.name, s.superlink, tls=s.ca_cert is not None)
@@ -90,7 +90,8 @@ def supervise_site(
         watcher = LogWatcher(log, terminal)
         proc = start_site(s, group)
         address = s.node_config.get(WORKER_KEY)
-        status = _watch(proc, watcher, terminal, s.stay, worker, address)
+        marker = finished_marker(address) if address else None
+        status = _watch(proc, watcher, terminal, s.stay, worker, marker)
         if status == _WORKER_FAILED:
             group.stop_one(proc)
             group.forget(proc)
@@ -127,12 +128,12 @@ def _watch(
     terminal: SiteTerminal,
     stay: bool,
     worker: subprocess.Popen | None,
-    worker_address: str | None = None,
+    marker: Path | None,
 ) -> int | None:
-    """The SuperNode's exit status, ``_WORKER_FAILED``, or None once the run has ended and its
-    coordinator has gone (or ``_END_GRACE_S`` passed)."""
+    """The SuperNode's exit status, ``_WORKER_FAILED``, or None once the run has ended (the
+    site's process wrote ``marker``) and its coordinator has gone (or ``_END_GRACE_S``
+    passed)."""
     ended_at: float | None = None
-    marker = finished_marker(worker_address) if worker_address else None
     while True:
         if marker is not None and marker.exists():
             terminal.finished.set()  # before the log's news: the coordinator may go at once
@@ -140,10 +141,8 @@ def _watch(
         watcher.poll()
         if status is not None:
             return status
-        if worker is not None and worker.poll() is not None:
-            if worker.returncode != 0:
-                return _WORKER_FAILED
-            terminal.finished.set()  # it exits with 0 once it has seen the run's last round
+        if worker is not None and worker.poll() is not None and not terminal.finished.is_set():
+            return _WORKER_FAILED  # it ended before its run did
         if not stay and terminal.finished.is_set():
             if ended_at is None:
                 ended_at, failures = time.monotonic(), watcher.failures
