@@ -8,7 +8,11 @@ box), the visual prompt (``adapt=prompt``), box refinement (``adapt=box``), both
 single-site run (``run_training``): SPSA-GC with best-on-validation weights, reported on the test
 split, beside the zero-shot Dice with tight boxes (the MedSAM training protocol): the share of the
 loose-to-tight gap an arm closes. Also the ratio of a run's training wall time to the FM's own
-forward time inside it (the method's overhead). Writes simulations/results/litemedsam_baps.*
+forward time inside it (the method's overhead), and with ``--oracle-steps N`` each arm's white-box
+oracle: the same decoder trained by Adam through LiteMedSAM (its ceiling on these images).
+``--arms-from JSON`` takes the black-box rows of an earlier run with the same data, split, seed
+and boxes (an arm costs ~30 min here), so the oracle can be added without re-running them.
+Writes simulations/results/litemedsam_baps.*
 LiteMedSAM runs at about a second per 256 px image on 2 CPU cores: the budget is small, and said.
 """
 
@@ -24,19 +28,28 @@ import torch
 
 from baps_fed.data.boxes import BoxConfig
 from baps_fed.data.prompts import PromptConfig
+from baps_fed.data.sample import SegmentationDataset
 from baps_fed.data.sources import open_source
 from baps_fed.data.splits import split_dataset
 from baps_fed.evaluation.evaluate import evaluate_fm
+from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.spec import load_fm
+from baps_fed.fm.torch_fm import TorchSamFM
 from baps_fed.method.ip_decoder import DecoderConfig, build_decoder
+from baps_fed.method.oracle import train_oracle
 from baps_fed.method.spsa import SpsaConfig
-from baps_fed.method.spsa_step import StepConfig
+from baps_fed.method.spsa_step import StepConfig, prompt_fn
 from baps_fed.single_site.run import run_training
 from baps_fed.single_site.training import TrainConfig
 
 ARMS = ("prompt", "box", "both")
 REFINERS = {"image": "linear in image features", "bias": "by one bias per side"}
 TIGHT = PromptConfig(kind="box", box=BoxConfig(protocol="tight"))
+# what an earlier run (--arms-from) must share with this one for its rows to stand beside ours
+SAME_SETUP = (
+    *("data", "layout", "fm", "size", "seed", "box_margin", "box_jitter", "box_refiner"),
+    *("steps", "val_every", "batch", "sp_avg", "lr"),
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     # the site's habit: how far out its clinicians draw (fractions of the box's size per side)
     ap.add_argument("--box-margin", type=float, default=BoxConfig.loose_margin)
     ap.add_argument("--box-jitter", type=float, default=BoxConfig.loose_jitter)
+    ap.add_argument("--oracle-steps", type=int, default=0, help="0: no white-box oracle")
+    ap.add_argument("--oracle-lr", type=float, default=0.02)
+    ap.add_argument("--arms-from", type=Path, help="black-box rows of an earlier run (JSON)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_litemedsam_baps"))
     ap.add_argument("--out", type=Path, default=Path("simulations/results/litemedsam_baps"))
@@ -80,9 +96,14 @@ def main(argv: list[str] | None = None) -> None:
         f"zero-shot test Dice: loose {zero['loose']['dice']:.4f}, tight {zero['tight']['dice']:.4f}"
     )
     gap = zero["tight"]["dice"] - zero["loose"]["dice"]
+    earlier = earlier_rows(args)
     rows = []
     for arm in args.arms:
         dec_cfg = DecoderConfig(image_size=args.size, adapt=arm, box_refiner=args.box_refiner)  # type: ignore[arg-type]
+        if arm in earlier:
+            rows.append(earlier[arm] | oracle_row(args, dec_cfg, fm, data, loose, zero))
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         decoder = build_decoder(dec_cfg)
         step = StepConfig(
             batch_size=args.batch,
@@ -113,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                 "wall_over_fm": wall / max(fm.meter.seconds - fm_seconds, 1e-9),
                 "stopped": result.stopped,
             }
+            | oracle_row(args, dec_cfg, fm, data, loose, zero)
         )
         print(json.dumps(rows[-1]), flush=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "zero_shot": zero, "arms": rows}
@@ -121,6 +143,61 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
+
+
+def earlier_rows(args: argparse.Namespace) -> dict[str, dict]:
+    """The black-box rows of ``--arms-from``, by arm; refused if that run's setup differs."""
+    if args.arms_from is None:
+        return {}
+    report = json.loads(args.arms_from.read_text())
+    ours = {k: str(v) for k, v in vars(args).items()}
+    differ = [k for k in SAME_SETUP if report["args"].get(k) != ours[k]]
+    if differ:
+        raise SystemExit(
+            f"{args.arms_from}: its run differs in {differ}; its rows cannot stand beside this "
+            "run's: give the same values, or drop --arms-from"
+        )
+    keep = ("oracle_dice", "oracle_gap_closed", "oracle_steps", "oracle_s")
+    return {r["arm"]: {k: v for k, v in r.items() if k not in keep} for r in report["arms"]}
+
+
+def oracle_row(
+    args: argparse.Namespace,
+    dec_cfg: DecoderConfig,
+    fm: BlackboxFM,
+    data: SegmentationDataset,
+    loose: PromptConfig,
+    zero: dict,
+) -> dict:
+    """Test Dice of the arm's decoder trained white-box through the FM (last weights: no
+    validation choice, so a ceiling, not a method); empty without --oracle-steps."""
+    if args.oracle_steps <= 0:
+        return {}
+    if not isinstance(fm, TorchSamFM):
+        raise SystemExit(f"--oracle-steps needs a local torch FM, not {args.fm!r}")
+    splits = split_dataset(data)
+    decoder = build_decoder(dec_cfg)
+    start = time.perf_counter()
+    theta = train_oracle(
+        decoder,
+        fm.model,
+        splits["train"],
+        steps=args.oracle_steps,
+        batch_size=args.batch,
+        lr=args.oracle_lr,
+        seed=args.seed,
+        prompt=loose,
+    )
+    seconds = time.perf_counter() - start
+    test = evaluate_fm(fm, splits["test"], args.seed, loose, prompt=prompt_fn(decoder, theta))
+    dice = float(test.dice.mean())
+    gap = zero["tight"]["dice"] - zero["loose"]["dice"]
+    return {
+        "oracle_dice": dice,
+        "oracle_gap_closed": (dice - zero["loose"]["dice"]) / gap if gap > 0 else None,
+        "oracle_steps": args.oracle_steps,
+        "oracle_s": seconds,
+    }
 
 
 def markdown(report: dict) -> str:
@@ -142,26 +219,42 @@ def markdown(report: dict) -> str:
         f"{z['tight']['dice'] - z['loose']['dice']:+.4f}).",
         "",
         "| arm | params | test Dice | gain vs zero-shot | share of loose-to-tight gap | "
-        "FM images (train / val) | wall / FM time |",
-        "|---|---|---|---|---|---|---|",
+        "FM images (train / val) | wall / FM time | white-box oracle (share of gap) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["arms"]:
-        share = "n/a" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}"
+        oracle = "not run"
+        if "oracle_dice" in r:
+            oracle = f"{r['oracle_dice']:.4f} ({_share(r['oracle_gap_closed'])})"
         lines.append(
             f"| {r['arm']} | {r['parameters']} | {r['test_dice']:.4f} | {r['gain']:+.4f} | "
-            f"{share} | {r['fm_images_train']} / {r['fm_images_val']} | {r['wall_over_fm']:.2f} |"
+            f"{_share(r['gap_closed'])} | {r['fm_images_train']} / {r['fm_images_val']} | "
+            f"{r['wall_over_fm']:.2f} | {oracle} |"
         )
+    if any("oracle_dice" in r for r in report["arms"]):
+        lines += [
+            "",
+            f"Oracle: the arm's decoder trained by Adam (lr {a['oracle_lr']}) on soft Dice "
+            f"through the FM for {a['oracle_steps']} steps of batch {a['batch']}, last weights "
+            "(no validation choice): the ceiling of that decoder here, not a black-box method.",
+        ]
     lines += [
         "",
         "Command:",
         "",
         "    python simulations/bench_litemedsam_baps.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in a.items() if k not in ("arms",))
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in a.items() if k != "arms" and v != "None"
+        )
         + " --arms "
         + a["arms"].strip("[]").replace("'", "").replace(",", ""),
         "",
     ]
     return "\n".join(lines)
+
+
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
 
 
 if __name__ == "__main__":
