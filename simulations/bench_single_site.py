@@ -191,6 +191,7 @@ def write_results(args: argparse.Namespace, steps: int, rows: list[dict]) -> str
     )
     methods = list(dict.fromkeys(m for r in rows for m in METHODS if m in r)) + ["oracle"]
     baps = [m for m in methods if m.startswith("BAPS")]
+    has_vp = any(m.startswith("VP") for m in methods)  # no VP run: no "- best VP" column
     lines = [
         "# Single-site benchmark (test Dice, mean ± std over seeds "
         f"{' '.join(map(str, args.seeds))}; {args.budget} training FM image-queries per run; "
@@ -200,9 +201,14 @@ def write_results(args: argparse.Namespace, steps: int, rows: list[dict]) -> str
         "",
         "| modality | zero-shot | "
         + " | ".join(methods)
-        + "".join(f" | {m} gain | {m} share of oracle gain | {m} - best VP" for m in baps)
+        + "".join(
+            f" | {m} gain | {m} share of oracle gain" + (f" | {m} - best VP" if has_vp else "")
+            for m in baps
+        )
         + " |",
-        "|---|---|" + "---|" * len(methods) + "---|---|---|" * len(baps),
+        "|---|---|"
+        + "---|" * len(methods)
+        + ("---|---|---|" if has_vp else "---|---|") * len(baps),
     ]
     for r in rows:
         cells = [f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" if m in r else "-" for m in methods]
@@ -212,7 +218,7 @@ def write_results(args: argparse.Namespace, steps: int, rows: list[dict]) -> str
             gain = r[m]["mean"] - r["zero_shot"] if m in r else float("nan")
             share = gain / oracle_gain if oracle_gain > 0 else float("nan")
             over_vp = r[m]["mean"] - max(vps) if vps and m in r else float("nan")
-            cells += [f"{gain:+.3f}", f"{share:.2f}", f"{over_vp:+.3f}"]
+            cells += [f"{gain:+.3f}", f"{share:.2f}"] + ([f"{over_vp:+.3f}"] if has_vp else [])
         lines.append(f"| {r['modality']} | {r['zero_shot']:.3f} | " + " | ".join(cells) + " |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
