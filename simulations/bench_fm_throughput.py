@@ -1,6 +1,10 @@
 """FM throughput: images/s of an FM at batch 1 and batch 16, and batched vs per-image calls.
 
     python simulations/bench_fm_throughput.py --fm tiny --images 64 --repeats 5
+    python simulations/bench_fm_throughput.py --fm litemedsam --size 256 --images 16 \
+        --repeats 3 --chunks 1 2 4 8 --out simulations/results/fm_throughput_litemedsam
+
+Prompts are one point per image, or one tight box where the FM takes boxes only (LiteMedSAM).
 
 The two ways of running the same images are interleaved repeat by repeat, so machine noise hits
 both alike; the ratio of medians is the number to read. Writes
@@ -19,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baps_fed.data.boxes import BoxConfig
 from baps_fed.data.modalities import synthetic_dataset
-from baps_fed.data.prompts import POINT
+from baps_fed.data.prompts import POINT, PromptConfig
 from baps_fed.evaluation.evaluate import sample_prompts
 from baps_fed.fm.spec import load_fm
 
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fm", default="tiny")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--size", type=int, default=128, help="synthetic image size (px)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--chunks",
@@ -49,25 +55,33 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     fm = load_fm(args.fm)
-    ds = synthetic_dataset("colonoscopy", args.images, seed=123)
+    ds = synthetic_dataset("colonoscopy", args.images, seed=123, size=args.size)
     images = np.stack([s.image for s in ds])
-    points = sample_prompts(list(ds), 0, POINT).points
+    prompting = (
+        POINT
+        if "point" in fm.prompt_kinds
+        else PromptConfig(kind="box", box=BoxConfig(protocol="tight"))
+    )
+    prompts = sample_prompts(list(ds), 0, prompting)
     n = len(images)
+
+    def segment(part: slice) -> np.ndarray:
+        return fm.segment(images[part], **prompts[part].query())
 
     def per_image() -> None:
         for i in range(n):
-            fm.segment(images[i : i + 1], points[i : i + 1])
+            segment(slice(i, i + 1))
 
     def batch16() -> None:
         for i in range(0, n, 16):
-            fm.segment(images[i : i + 16], points[i : i + 16])
+            segment(slice(i, i + 16))
 
     def one_call() -> None:
-        fm.segment(images, points)
+        segment(slice(None))
 
     # Same outputs either way (up to float reassociation), else the comparison means nothing.
-    ref = fm.segment(images, points)
-    per = np.concatenate([fm.segment(images[i : i + 1], points[i : i + 1]) for i in range(n)])
+    ref = segment(slice(None))
+    per = np.concatenate([segment(slice(i, i + 1)) for i in range(n)])
     max_diff = float(np.abs(ref - per).max())
     per_image(), batch16(), one_call()  # warm-up
 
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         def run() -> None:
             fm.max_batch = size
             try:
-                fm.segment(images, points)
+                segment(slice(None))
             finally:
                 fm.max_batch = default_chunk
 
@@ -97,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "fm": args.fm,
         "images": n,
+        "prompt": prompting.describe(),
         "image_size": list(images.shape[1:3]),
         "repeats": args.repeats,
         "threads": args.threads,
@@ -115,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     md = (
         f"# FM throughput ({args.fm}, {n} images {images.shape[1]}x{images.shape[2]}, "
-        f"{args.threads} threads, median of {args.repeats})\n\n"
+        f"{args.threads} threads, median of {args.repeats}; {prompting.describe()} per image)\n\n"
         "| mode | images/s |\n|---|---|\n"
         f"| per-image calls (batch 1) | {result['images_per_s_batch1']:.1f} |\n"
         f"| batch 16 | {result['images_per_s_batch16']:.1f} |\n"
