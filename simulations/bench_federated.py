@@ -28,6 +28,7 @@ from baps_fed.federation.contract import FedTrainConfig
 from baps_fed.federation.scenario import Scenario
 from baps_fed.federation.server_optimizer import ServerOptConfig
 from baps_fed.fm.spec import load_fm
+from baps_fed.method.private_head import PRIVATE_HEADS
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--server-opt", default="fedavg", choices=["fedavg", "fedavgm", "fedadam"])
     ap.add_argument("--server-lr", type=float, default=1.0)
     ap.add_argument("--arms", nargs="+", default=["local_only", "federated", "pooled"])
-    ap.add_argument("--private-head", choices=["colour", "basis", "none"])
+    ap.add_argument("--private-head", choices=PRIVATE_HEADS)
     ap.add_argument("--prompt", choices=["point", "box"], help="override the scenario's prompt")
     ap.add_argument("--box-protocol", choices=["tight", "loose"], help="with --prompt box")
     ap.add_argument("--personal-keep", type=float, help="override the scenario's personal-keep")

@@ -22,6 +22,7 @@ from baps_fed.federation.uploads import UPLOAD_KINDS
 from baps_fed.flat_config import check_keys, flat_keys, require_positive, values_from_flat
 from baps_fed.method.ip_decoder import DecoderConfig, build_decoder
 from baps_fed.method.perturbations import SeedKey
+from baps_fed.method.private_head import PRIVATE_HEADS
 from baps_fed.method.spsa import SpsaConfig, SpsaState
 from baps_fed.method.spsa_step import TARGET_GREY, StepConfig
 
@@ -82,7 +83,8 @@ class FedTrainConfig:
     box_protocol: str = POINT.box.protocol
     box_margin: float = POINT.box.loose_margin
     box_jitter: float = POINT.box.loose_jitter
-    private_head: str = "basis"  # each site's private prompt head: basis | colour | none
+    # each site's private head (baps_fed/method/private_head.py): basis | colour | box | none
+    private_head: str = "basis"
     # Share of its own decoder a site keeps when a round starts: it starts from
     # (1 - keep) * global + keep * own (0: plain FedAvg, every site starts from the global).
     personal_keep: float = 0.0
@@ -113,6 +115,15 @@ class FedTrainConfig:
             raise ValueError(f"personal-keep must be in [0, 1], got {self.personal_keep}")
         require_positive(self, "local_steps", "batch_size", "sp_avg")
         self.prompt_config()  # a bad prompt kind, protocol or fraction fails here
+        if self.private_head not in PRIVATE_HEADS:
+            raise ValueError(
+                f"private-head must be one of {', '.join(PRIVATE_HEADS)}, got {self.private_head!r}"
+            )
+        if self.private_head == "box" and self.prompt != "box":
+            raise ValueError(
+                "private-head box refines each site's box prompts: set prompt to box "
+                "(--prompt box), or choose another private head"
+            )
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

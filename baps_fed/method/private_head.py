@@ -4,9 +4,10 @@ Sites differ in acquisition (white balance, gamma, gain): one shared decoder pul
 site's colour correction serves none of them well (measured: the ultrasound-like site lost
 Dice under plain FedAvg while the others gained). Each site therefore adds its own small
 prompt (``colour``: a global colour shift, 3 parameters; ``basis``: 18 point-centred
-and low-frequency map coefficients),
-trained by the same SPSA steps as the shared weights but never sent: only the shared part's
-update leaves the site (FedRep/FedPer-style personalisation at BAPS's scale).
+and low-frequency map coefficients) or its own box habit (``box``: one inward move per box side,
+4 parameters, with box prompts: its clinicians' way of drawing, box_refiner.py), trained by the
+same SPSA steps as the shared weights but never sent: only the shared part's update leaves the
+site (FedRep/FedPer-style personalisation at BAPS's scale).
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ import numpy as np
 from baps_fed.data.prompts import Prompts
 from baps_fed.method.ip_decoder import DecoderConfig, DecoderInputs, IPDecoder, build_decoder
 
-PRIVATE_HEADS = ("none", "colour", "basis")
+PRIVATE_HEADS = ("none", "colour", "basis", "box")
 
 
 def private_head_config(kind: str, image_size: int) -> DecoderConfig:
     """``colour``: a global colour shift (3 parameters); ``basis``: the shared decoder's maps
     (cosines and point-centred bumps per channel) with fixed coefficients, not conditioned
-    on the image (18 parameters): a site-specific copy of the shared decoder's bias column."""
+    on the image (18 parameters): a site-specific copy of the shared decoder's bias column;
+    ``box``: a bias-only box refiner (4 parameters), the pixels left to the shared decoder."""
+    if kind == "box":
+        return DecoderConfig(
+            adapt="box",
+            box_refiner="bias",
+            feature_rank=0,
+            feature_norm="none",
+            image_size=image_size,
+        )
     if kind == "colour":
         return DecoderConfig(preset="vp", vp_grid=1, image_size=image_size)
     if kind == "basis":
@@ -64,3 +74,13 @@ class WithPrivateHead:
         return self.shared.prompts(t[:, : self.n_shared], inputs) + self.head.prompts(
             t[:, self.n_shared :], inputs
         )
+
+    def refine(
+        self, thetas: np.ndarray, inputs: DecoderInputs, prompts: Prompts, hw: tuple[int, int]
+    ) -> Prompts:
+        """The boxes the FM receives: moved by whichever part refines them (a ``box`` head, or
+        a shared decoder that adapts boxes), else the given prompts repeated."""
+        t = np.atleast_2d(thetas)
+        if self.head.refines_boxes:
+            return self.head.refine(t[:, self.n_shared :], inputs, prompts, hw)
+        return self.shared.refine(t[:, : self.n_shared], inputs, prompts, hw)

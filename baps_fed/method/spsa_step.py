@@ -183,8 +183,7 @@ def spsa_step(
 
 def _sent_prompts(decoder, thetas: np.ndarray, inputs, prompts: Prompts, hw) -> Prompts:
     """What the FM receives with each theta's images: the prompts, or refined boxes."""
-    refine = getattr(decoder, "refine", None)  # a private-head wrapper does not refine boxes
-    return refine(thetas, inputs, prompts, hw) if refine else prompts.tile(len(thetas))
+    return decoder.refine(thetas, inputs, prompts, hw)
 
 
 def _is_transient(err: Exception) -> bool:
