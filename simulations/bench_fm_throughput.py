@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         f"**{result['speedup_one_call_vs_per_image']:.2f}x**; batch 16 vs per-image: "
         f"{result['speedup_batch16_vs_per_image']:.2f}x. "
         f"Max |logit| difference batched vs per-image: {max_diff:.2e}.\n\n"
-        f"One call of {n} images, by images per forward pass (the FM's `max_batch`; the "
-        "default is the fastest on this machine's kind):\n\n"
+        f"One call of {n} images, by images per forward pass (the FM's `max_batch`; its "
+        f"default here: {default_chunk}):\n\n"
         "| images per pass | images/s |\n|---|---|\n"
         + "".join(f"| {c} | {v:.1f} |\n" for c, v in result["images_per_s_by_chunk"].items())
     )

@@ -79,6 +79,9 @@ def load_fm(
             BatchedSam(sam, preprocess="litemedsam"),
             spec,
             device,
+            # on CPU one image per pass is the fastest: 1.0 img/s vs 0.8 in passes of 8
+            # (simulations/results/fm_throughput_litemedsam.md)
+            max_batch=1 if device == "cpu" else None,
             budget_images=budget_images,
             prompt_kinds=BOX_ONLY,
             prompt_note=BOX_ONLY_NOTE,
