@@ -86,22 +86,21 @@ def main(argv: list[str] | None = None) -> None:
     loose = PromptConfig(kind="box", box=habit)
 
     data = open_source(args.data, n=10**6, seed=args.seed, layout=args.layout, size=args.size)
-    test = split_dataset(data)["test"]
+    splits = split_dataset(data)
     fm = load_fm(args.fm)
     zero = {
-        name: evaluate_fm(fm, test, args.seed, prompting).summary()
+        name: evaluate_fm(fm, splits["test"], args.seed, prompting).summary()
         for name, prompting in (("loose", loose), ("tight", TIGHT))
     }
     print(
         f"zero-shot test Dice: loose {zero['loose']['dice']:.4f}, tight {zero['tight']['dice']:.4f}"
     )
-    gap = zero["tight"]["dice"] - zero["loose"]["dice"]
     earlier = earlier_rows(args)
     rows = []
     for arm in args.arms:
         dec_cfg = DecoderConfig(image_size=args.size, adapt=arm, box_refiner=args.box_refiner)  # type: ignore[arg-type]
         if arm in earlier:
-            rows.append(earlier[arm] | oracle_row(args, dec_cfg, fm, data, loose, zero))
+            rows.append(earlier[arm] | oracle_row(args, dec_cfg, fm, splits, loose, zero))
             print(json.dumps(rows[-1]), flush=True)
             continue
         decoder = build_decoder(dec_cfg)
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                 "test_dice": tuned,
                 "zero_shot_loose": summary["test"]["zero_shot"]["dice"],
                 "gain": summary["test"]["gain_dice"],
-                "gap_closed": (tuned - zero["loose"]["dice"]) / gap if gap > 0 else None,
+                "gap_closed": gap_share(tuned, zero),
                 "best_val_dice": result.best_val_dice,
                 "zero_shot_val_dice": result.zero_shot_val_dice,
                 "fm_images_train": result.fm_images_train,
@@ -134,11 +133,11 @@ def main(argv: list[str] | None = None) -> None:
                 "wall_over_fm": wall / max(fm.meter.seconds - fm_seconds, 1e-9),
                 "stopped": result.stopped,
             }
-            | oracle_row(args, dec_cfg, fm, data, loose, zero)
+            | oracle_row(args, dec_cfg, fm, splits, loose, zero)
         )
         print(json.dumps(rows[-1]), flush=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "zero_shot": zero, "arms": rows}
-    report["split_sizes"] = {k: len(v) for k, v in split_dataset(data).items()}
+    report["split_sizes"] = {k: len(v) for k, v in splits.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
@@ -157,15 +156,21 @@ def earlier_rows(args: argparse.Namespace) -> dict[str, dict]:
             f"{args.arms_from}: its run differs in {differ}; its rows cannot stand beside this "
             "run's: give the same values, or drop --arms-from"
         )
-    keep = ("oracle_dice", "oracle_gap_closed", "oracle_steps", "oracle_s")
-    return {r["arm"]: {k: v for k, v in r.items() if k not in keep} for r in report["arms"]}
+    oracle_keys = ("oracle_dice", "oracle_gap_closed", "oracle_steps", "oracle_s")
+    return {r["arm"]: {k: v for k, v in r.items() if k not in oracle_keys} for r in report["arms"]}
+
+
+def gap_share(dice: float, zero: dict) -> float | None:
+    """The share of the zero-shot loose-to-tight gap a Dice closes (None: no gap to close)."""
+    gap = zero["tight"]["dice"] - zero["loose"]["dice"]
+    return (dice - zero["loose"]["dice"]) / gap if gap > 0 else None
 
 
 def oracle_row(
     args: argparse.Namespace,
     dec_cfg: DecoderConfig,
     fm: BlackboxFM,
-    data: SegmentationDataset,
+    splits: dict[str, SegmentationDataset],
     loose: PromptConfig,
     zero: dict,
 ) -> dict:
@@ -175,7 +180,6 @@ def oracle_row(
         return {}
     if not isinstance(fm, TorchSamFM):
         raise SystemExit(f"--oracle-steps needs a local torch FM, not {args.fm!r}")
-    splits = split_dataset(data)
     decoder = build_decoder(dec_cfg)
     start = time.perf_counter()
     theta = train_oracle(
@@ -191,10 +195,9 @@ def oracle_row(
     seconds = time.perf_counter() - start
     test = evaluate_fm(fm, splits["test"], args.seed, loose, prompt=prompt_fn(decoder, theta))
     dice = float(test.dice.mean())
-    gap = zero["tight"]["dice"] - zero["loose"]["dice"]
     return {
         "oracle_dice": dice,
-        "oracle_gap_closed": (dice - zero["loose"]["dice"]) / gap if gap > 0 else None,
+        "oracle_gap_closed": gap_share(dice, zero),
         "oracle_steps": args.oracle_steps,
         "oracle_s": seconds,
     }

@@ -155,7 +155,7 @@ def spsa_step(
             visual.reshape(2 * k * b, *visual.shape[2:]),
         )
         n_images = len(prompted)
-        sent = _sent_prompts(decoder, thetas, inputs, prompts, batch_images.shape[1:3])
+        sent = decoder.refine(thetas, inputs, prompts, batch_images.shape[1:3])  # boxes moved
         logits, failure = _query(fm, prompted, sent, cfg.fm_retries)
         if logits is None:
             diffs = np.full((b, k), np.nan)
@@ -179,11 +179,6 @@ def spsa_step(
         logger.warning("step %d skipped: %s", state.step, failure)
     loss = float(np.nanmean(losses)) if np.isfinite(losses).any() else float("nan")
     return StepResult(new_theta, new_state, info, loss, n_images, failure, k_vector)
-
-
-def _sent_prompts(decoder, thetas: np.ndarray, inputs, prompts: Prompts, hw) -> Prompts:
-    """What the FM receives with each theta's images: the prompts, or refined boxes."""
-    return decoder.refine(thetas, inputs, prompts, hw)
 
 
 def _is_transient(err: Exception) -> bool:
@@ -219,6 +214,6 @@ def prompt_fn(
     def apply(images: np.ndarray, prompts: Prompts) -> tuple[np.ndarray, Prompts]:
         inputs = decoder.encode(images, prompts)
         prompted = apply_prompt(images, decoder.prompts(theta, inputs)[0])
-        return prompted, _sent_prompts(decoder, theta[None], inputs, prompts, images.shape[1:3])
+        return prompted, decoder.refine(theta[None], inputs, prompts, images.shape[1:3])
 
     return apply
