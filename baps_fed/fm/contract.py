@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -27,6 +28,9 @@ class QueryMeter:
     calls: int = 0
     images: int = 0
     seconds: float = 0.0
+    # images answered from an embedding cache / encoded anew (0 and 0 for an FM without one)
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -40,6 +44,9 @@ class Query:
     points: np.ndarray | None  # float32 [B,N,2]
     labels: np.ndarray | None  # int64 [B,N]
     boxes: np.ndarray | None  # float32 [B,4]
+    # whose embedding cache each image may use: one scope per image (a tenant of the FM
+    # service), or None for the caller's own process
+    scopes: tuple[str, ...] | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -186,10 +193,20 @@ class BlackboxFM(ABC):
         points: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         boxes: np.ndarray | None = None,
+        *,
+        scopes: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Mask logits float32 [B,H,W] for uint8 images [B,H,W,3], points [B,N,2] (x, y) and/or
-        boxes [B,4] (x0, y0, x1, y1)."""
+        boxes [B,4] (x0, y0, x1, y1). ``scopes``: one cache scope per image (an FM service
+        keeps each tenant's embeddings apart); an FM without a cache ignores them."""
         query = validate_query(images, points, labels, boxes)
+        if scopes is not None:
+            if len(scopes) != query.images.shape[0]:
+                raise FMInputError(
+                    f"scopes must name one cache scope per image: {len(scopes)} for "
+                    f"{query.images.shape[0]} images"
+                )
+            query = replace(query, scopes=tuple(scopes))
         for kind in query.kinds:
             self.require_prompt(kind)
         b = query.images.shape[0]

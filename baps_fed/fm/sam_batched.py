@@ -39,12 +39,16 @@ class BatchedSam(nn.Module):
         """The image's size inside the encoder input (SAM: ResizeLongestSide)."""
         return pre.resized_shape(h, w, self.preprocess, self.img_size)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """images float [B,3,H,W] in 0..255 -> image embeddings [B,C,h,w]."""
-        x = pre.prepare(
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B,3,H,W] in 0..255 -> the encoder's input [B,3,S,S] (this family's
+        preprocessing: what an embedding cache keys on)."""
+        return pre.prepare(
             images, self.preprocess, self.img_size, self.sam.pixel_mean, self.sam.pixel_std
         )
-        return self.sam.image_encoder(x)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B,3,H,W] in 0..255 -> image embeddings [B,C,h,w]."""
+        return self.sam.image_encoder(self.prepare(images))
 
     def encode_prompts(
         self,

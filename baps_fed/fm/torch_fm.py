@@ -1,11 +1,22 @@
-"""A black box around a local segment-anything model: the FM a hospital could host itself."""
+"""A black box around a local segment-anything model: the FM a hospital could host itself.
+
+A query runs as encoder input (the family's preprocessing) -> image embeddings -> prompt
+encoder and mask decoder -> logits. The embeddings come from the embedding cache where the
+exact encoder input was seen before (``embedding_cache.py``), else from the image encoder: the
+torch module, or a faster runtime for it (``runtime.py``). Images a chunk misses are encoded in
+one pass; the decoder always runs on the whole chunk, as without the cache.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from baps_fed.fm.contract import BlackboxFM, Query
+from baps_fed.fm.embedding_cache import CacheStats, ScopedEmbeddingCaches, embedding_key
 from baps_fed.fm.errors import FMInputError
 from baps_fed.fm.sam_batched import BatchedSam
 
@@ -13,10 +24,18 @@ from baps_fed.fm.sam_batched import BatchedSam
 # chunks of 8 than in one pass of 64 (simulations/results/fm_throughput.md: a large batch's
 # attention maps leave the cache); a GPU wants large batches.
 DEFAULT_MAX_BATCH = {"cpu": 8, "cuda": 64}
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 
 class TorchSamFM(BlackboxFM):
-    """Runs a ``BatchedSam`` without gradients, in chunks of ``max_batch`` images."""
+    """Runs a ``BatchedSam`` without gradients, in chunks of ``max_batch`` images.
+
+    ``cache_bytes``: bound of each scope's embedding cache (0: no cache). ``dtype``: autocast
+    precision of the forward (``bfloat16`` on a GPU; float32 is the exact reference).
+    ``encoder``: what turns encoder input into embeddings (default: the model's own module).
+    """
 
     def __init__(
         self,
@@ -27,18 +46,30 @@ class TorchSamFM(BlackboxFM):
         budget_images: int | None = None,
         prompt_kinds: frozenset[str] = frozenset({"point", "box"}),
         prompt_note: str = "",
+        cache_bytes: int = 0,
+        dtype: str = "float32",
+        encoder: Encoder | None = None,
     ) -> None:
         super().__init__(budget_images=budget_images)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.prompt_kinds = prompt_kinds
         self.prompt_note = prompt_note
         self.model = model.to(device).eval()
         self.name = name
         self.device = torch.device(device)
         self.max_batch = max_batch or DEFAULT_MAX_BATCH.get(self.device.type, 8)
+        self.dtype = dtype
+        self.encoder: Encoder = encoder or model.sam.image_encoder
+        self.caches = ScopedEmbeddingCaches(cache_bytes) if cache_bytes > 0 else None
 
     @property
     def img_size(self) -> int:
         return self.model.img_size
+
+    def cache_stats(self, scope: str | None = None) -> CacheStats:
+        """Counts of one scope's cache, or of all scopes (zeros when the cache is off)."""
+        return self.caches.stats(scope) if self.caches is not None else CacheStats()
 
     def check_shape(self, h: int, w: int) -> None:
         """SAM scales the longest side to its input size: an image so thin that its short side
@@ -50,19 +81,57 @@ class TorchSamFM(BlackboxFM):
                 "its short side vanishes; pad or crop it to a less extreme aspect ratio"
             )
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        low = DTYPES[self.dtype]
+        if low is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=low)
+
     @torch.inference_mode()
     def _segment(self, query: Query) -> np.ndarray:
         self.check_shape(*query.images.shape[1:3])
+        hw = query.images.shape[1:3]
         out = []
         for i in range(0, query.images.shape[0], self.max_batch):
             part = slice(i, i + self.max_batch)
-            x = self._tensor(query.images[part]).permute(0, 3, 1, 2).float()
+            images = self._tensor(query.images[part]).permute(0, 3, 1, 2).float()
             p, lab, box = (
                 None if a is None else self._tensor(a[part])
                 for a in (query.points, query.labels, query.boxes)
             )
-            out.append(self.model(x, p, lab, box).float().cpu().numpy())
+            scopes = query.scopes[part] if query.scopes is not None else None
+            with self._autocast():
+                x = self.model.prepare(images)
+                embeddings = self._embeddings(x, scopes)
+                masks, iou = self.model.decode(embeddings, p, lab, hw, box)
+                logits = self.model.upscale(self.model.select(masks, iou), hw)
+            out.append(logits.float().cpu().numpy())
         return np.concatenate(out, axis=0)
+
+    def _embeddings(self, x: torch.Tensor, scopes: tuple[str, ...] | None) -> torch.Tensor:
+        """Embeddings of a chunk's encoder inputs: cached ones looked up, the rest encoded in
+        one pass (all of them when the cache is off: the reference computation)."""
+        if self.caches is None:
+            return self.encoder(x)
+        scopes = scopes or ("",) * x.shape[0]
+        keys = [embedding_key(xi) for xi in x]
+        found: list[torch.Tensor | None] = []
+        first: dict[tuple[str, bytes], int] = {}  # an image repeated in the chunk (SPSA's
+        for i, (scope, key) in enumerate(zip(scopes, keys, strict=True)):  # 2K copies) once
+            if (scope, key) in first:
+                found.append(None)
+                continue
+            first[scope, key] = i
+            found.append(self.caches.scope(scope).get(key))
+        missing = [i for i, e in enumerate(found) if e is None and first[scopes[i], keys[i]] == i]
+        self.meter.cache_misses += len(missing)
+        self.meter.cache_hits += x.shape[0] - len(missing)
+        if missing:
+            encoded = self.encoder(x[missing])
+            for j, i in enumerate(missing):
+                found[i] = encoded[j]
+                self.caches.scope(scopes[i]).put(keys[i], encoded[j])
+        return torch.stack([found[first[s, k]] for s, k in zip(scopes, keys, strict=True)])
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)

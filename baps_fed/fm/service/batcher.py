@@ -51,6 +51,7 @@ class Job:
     points: np.ndarray | None  # float32 [B,N,2]
     labels: np.ndarray | None  # [B,N], with points
     boxes: np.ndarray | None = None  # float32 [B,4]
+    scope: str = ""  # the tenant whose embedding cache its images may use
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
     seconds: float = 0.0  # this job's share of the FM call's time, set before the result
@@ -120,12 +121,15 @@ class MicroBatcher:
         points: np.ndarray | None,
         labels: np.ndarray | None,
         boxes: np.ndarray | None = None,
+        scope: str = "",
     ) -> Job:
         """Queue validated inputs; the job's future gets logits float32 [B,H,W] or the error.
+        ``scope``: the tenant (its images use only its own embedding cache, even when merged
+        with other tenants' jobs into one FM call).
 
         Raises ``BatcherClosed`` at once after ``stop`` (or once the worker has ended).
         """
-        job = Job(images, points, labels, boxes)
+        job = Job(images, points, labels, boxes, scope)
         with self._lock:
             if self._stop.is_set():
                 raise BatcherClosed(f"{SHUTTING_DOWN}; no new requests are taken")
@@ -221,8 +225,9 @@ class MicroBatcher:
                 _concatenate([getattr(j, name) for j in jobs])
                 for name in ("images", "points", "labels", "boxes")
             )
+            scopes = [j.scope for j in jobs for _ in range(j.n)]
             start = time.perf_counter()
-            logits = self.fm.segment(images, points, labels, boxes)
+            logits = self.fm.segment(images, points, labels, boxes, scopes=scopes)
             seconds = time.perf_counter() - start
         except Exception as err:
             if len(jobs) > 1:  # find the culprit: only its own request should fail

@@ -190,7 +190,7 @@ class _Servicer:
             )
         ok, seconds = False, 0.0
         try:
-            logits, fm_seconds = self._run(context, query)
+            logits, fm_seconds = self._run(context, query, policy.name)
             response = self.pb2.SegmentResponse()
             codec.fill_logits(response.logits, logits, req.output_dtype)
             ok, seconds = True, fm_seconds
@@ -198,10 +198,14 @@ class _Servicer:
         finally:
             self.ledger.settle(policy.name, n, seconds, ok)
 
-    def _run(self, context: Any, query: Query) -> tuple[Any, float]:
-        """Logits from the micro-batcher, and this request's share of FM seconds."""
+    def _run(self, context: Any, query: Query, tenant: str) -> tuple[Any, float]:
+        """Logits from the micro-batcher, and this request's share of FM seconds. The tenant
+        is the scope of the FM's embedding cache: one client's images are never answered
+        from another's embeddings."""
         try:
-            job = self.batcher.submit(query.images, query.points, query.labels, query.boxes)
+            job = self.batcher.submit(
+                query.images, query.points, query.labels, query.boxes, scope=tenant
+            )
         except RuntimeError as err:
             self._abort(context, grpc.StatusCode.UNAVAILABLE, f"{err}; retry shortly")
         context.add_callback(job.future.cancel)
