@@ -187,6 +187,11 @@ class BlackboxFM(ABC):
         self.meter = QueryMeter()
         self.budget_images = budget_images
 
+    def usage(self) -> dict[str, float]:
+        """What the FM has done so far, for run reports: the meter's counts (an FM with an
+        embedding cache adds its memory)."""
+        return self.meter.as_dict()
+
     def segment(
         self,
         images: np.ndarray,

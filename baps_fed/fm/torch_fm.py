@@ -71,6 +71,15 @@ class TorchSamFM(BlackboxFM):
         """Counts of one scope's cache, or of all scopes (zeros when the cache is off)."""
         return self.caches.stats(scope) if self.caches is not None else CacheStats()
 
+    def usage(self) -> dict[str, float]:
+        cache = self.cache_stats()
+        return super().usage() | {
+            "cache_bytes": cache.bytes,
+            "cache_peak_bytes": cache.peak_bytes,
+            "cache_max_bytes": cache.max_bytes,
+            "cache_evictions": cache.evictions,
+        }
+
     def check_shape(self, h: int, w: int) -> None:
         """SAM scales the longest side to its input size: an image so thin that its short side
         would vanish cannot be answered (the query's fault, not the FM's)."""

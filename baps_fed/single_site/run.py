@@ -123,6 +123,7 @@ def run_training(
         "fm_images_train": result.fm_images_train,
         "fm_images_val": result.fm_images_val,
         "fm_images_test": fm.meter.images - before,
+        "fm": fm.usage(),
         "test": test,
     }
     write_history(run_dir, result.history)
@@ -155,7 +156,7 @@ def write_report(
         f"parameters), image encoder `{decoder.encoder_id}`, prompt: {summary['prompt']}. "
         f"Stopped: {summary['stopped']}.",
         f"FM image-queries: {summary['fm_images_train']} training, {summary['fm_images_val']} "
-        "validation.",
+        f"validation. {cache_line(summary['fm'])}",
         "",
         *table,
         "Files: `config.json`, `metrics.csv`, `metrics.json`, `checkpoints/best.pt`, "
@@ -172,6 +173,18 @@ def write_report(
             "`config.json` (data_problems).",
         ]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def cache_line(usage: dict) -> str:
+    """How many queries the FM answered from its embedding cache, and its memory."""
+    hits, misses = int(usage.get("cache_hits", 0)), int(usage.get("cache_misses", 0))
+    if not hits + misses:
+        return "No embedding cache (or a remote FM)."
+    return (
+        f"Embedding cache: {hits} of {hits + misses} images answered without encoding, peak "
+        f"{usage.get('cache_peak_bytes', 0) / 2**20:.0f} MiB of "
+        f"{usage.get('cache_max_bytes', 0) / 2**20:.0f} MiB."
+    )
 
 
 def run_evaluation(

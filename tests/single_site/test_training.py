@@ -137,6 +137,20 @@ def test_budget_run_still_writes_its_report(tmp_path, small_sam):
     assert fm.budget_images == 20  # restored after the test comparison
 
 
+def test_report_says_what_the_embedding_cache_saved(tmp_path, small_sam):
+    """The test comparison scores the same test images again for the examples figure: those
+    images are answered from the cache, and the run's files say so."""
+    fm = TorchSamFM(BatchedSam(small_sam), "small", cache_bytes=64 * 2**20)
+    dec = IPDecoder(DecoderConfig(image_size=64), SmallImageEncoder(), "test")
+    _, summary = run_training(dec, fm, _data(20), CFG, tmp_path, progress=False)
+    usage = summary["fm"]
+    assert (
+        usage["cache_hits"] > 0 and usage["cache_hits"] + usage["cache_misses"] == usage["images"]
+    )
+    assert 0 < usage["cache_peak_bytes"] <= usage["cache_max_bytes"]
+    assert "answered without encoding" in (tmp_path / "report.md").read_text()
+
+
 def test_permanent_fm_errors_propagate_and_an_outage_ends_the_run(tmp_path, small_sam):
     from baps_fed.fm.contract import BlackboxFM
     from baps_fed.fm.errors import FMInputError
