@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    fm = load_fm(f"{args.fm}?cache_mb=0", device=args.device)
+    fm = load_fm(f"{args.fm}?cache_mb=0&dtype=float32", device=args.device)
     ds = synthetic_dataset("colonoscopy", args.images, seed=123, size=args.size)
     images = np.stack([s.image for s in ds])
     prompting = (

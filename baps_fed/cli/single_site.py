@@ -42,6 +42,7 @@ def _zero_shot_rows(
     prompting: PromptConfig,
     size: int,
     budget: int | None = None,
+    device: str = "cpu",
 ) -> list[dict]:
     from baps_fed.data.problems import summarize_problems
     from baps_fed.data.sources import open_source
@@ -53,7 +54,7 @@ def _zero_shot_rows(
         open_source(s, n=n, seed=seed, scanner=scanner, layout=layout, size=size) for s in sources
     ]
     # after the data: a wrong path should fail before any model loads
-    fm = load_fm(fm_spec, budget_images=budget)
+    fm = load_fm(fm_spec, device=device, budget_images=budget)
     fm.require_prompt(prompting.kind)
     rows = []
     for source, ds in zip(sources, datasets, strict=True):
@@ -88,6 +89,7 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
         prompting,
         args.image_size,
         args.budget,
+        args.device,
     )
     print(f"prompt: {prompting.describe()}")
     _print_table(rows)
@@ -210,7 +212,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 image_size=args.image_size,
             )
         )
-    fm = load_fm(args.fm, budget_images=args.budget)
+    fm = load_fm(args.fm, device=args.device, budget_images=args.budget)
     fm.require_prompt(cfg.step.prompt.kind)
     data = _open_data(args, decoder.cfg.image_size)
     result, summary = run_training(decoder, fm, data, cfg, args.out, resume=args.resume)
@@ -236,7 +238,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     trained = extra.get("train_config", {}).get("step", {}).get("prompt", {}).get("kind", "point")
     if "--prompt" not in args.given_flags:  # as the decoder was trained
         prompting = replace(prompting, kind=trained)
-    fm = load_fm(args.fm)
+    fm = load_fm(args.fm, device=args.device)
     fm.require_prompt(prompting.kind)
     data = _open_data(args, decoder.cfg.image_size)
     print(f"prompt: {prompting.describe()} (the decoder was trained with {trained} prompts)")
@@ -295,8 +297,18 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=SINGLE_SITE_CASES, help="synthetic cases")
     p.add_argument("--scanner", type=int, default=site.scanner)
     p.add_argument("--seed", type=int, default=site.seed)
-    p.add_argument("--fm", default=site.fm)
+    p.add_argument("--fm", default=site.fm, help="FM spec (docs/fm-service.md)")
+    _add_device_arg(p)
     _add_prompt_args(p)
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of a local FM: cpu, or cuda (bfloat16 autocast and batches of 64 by "
+        "default there; the spec's ?dtype=float32 keeps full precision)",
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -316,6 +328,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=site.fm,
         help="FM spec: tiny | sam:vit_b:PATH | medsam:PATH | litemedsam[:PATH] | grpc://...",
     )
+    _add_device_arg(p)
     _add_prompt_args(p)
     _add_image_size(p)
     p.add_argument(

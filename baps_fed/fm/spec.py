@@ -45,6 +45,9 @@ BOX_ONLY_NOTE = (
 # Per scope (a local process has one): 256 LiteMedSAM or SAM embeddings (4 MiB each), so a
 # site with thousands of images keeps a bounded working set rather than running out of memory.
 DEFAULT_CACHE_MB = 1024.0
+# A GPU's tensor cores run bfloat16 at several times float32's rate; a CPU gains nothing from it
+# (simulations/results/fm_throughput*.md)
+AUTO_DTYPE = {"cuda": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class FMOptions:
     """How a local SAM-family FM runs; set in a spec after ``?`` (``litemedsam?cache_mb=0``)."""
 
     cache_mb: float = DEFAULT_CACHE_MB  # embedding cache bound per scope, MiB; 0 turns it off
-    dtype: str = "float32"  # autocast precision: bfloat16 on a GPU
+    dtype: str = "auto"  # autocast precision; auto: bfloat16 on a GPU, float32 elsewhere
     runtime: str = "torch"  # the image encoder's runtime: torch, onnxruntime, openvino
     max_batch: int = 0  # images per forward pass; 0: the FM's default for the device
 
@@ -81,8 +84,8 @@ def parse_options(spec: str) -> tuple[str, FMOptions]:
     opts = FMOptions(**values)  # type: ignore[arg-type]
     if not 0 <= opts.cache_mb < float("inf") or opts.max_batch < 0:
         raise FMSpecError(f"FM spec {spec!r}: cache_mb and max_batch must be finite and >= 0")
-    if opts.dtype not in DTYPES:
-        raise FMSpecError(f"FM spec {spec!r}: dtype must be one of {', '.join(DTYPES)}")
+    if opts.dtype not in ("auto", *DTYPES):
+        raise FMSpecError(f"FM spec {spec!r}: dtype must be one of auto, {', '.join(DTYPES)}")
     if opts.runtime != "torch":
         from baps_fed.fm.runtime import RUNTIMES
 
@@ -114,7 +117,9 @@ def load_fm(
         device,
         budget_images=budget_images,
         cache_bytes=opts.cache_bytes,
-        dtype=opts.dtype,
+        dtype=opts.dtype
+        if opts.dtype != "auto"
+        else AUTO_DTYPE.get(device.split(":")[0], "float32"),
         encoder=encoder,
         **settings,  # type: ignore[arg-type]
     )
