@@ -34,7 +34,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.data.sources import open_source
 from baps_fed.federation.contract import FedTrainConfig, SiteSpec, spec_from_flat
-from baps_fed.federation.local_site import LocalSite
+from baps_fed.federation.local_site import LocalSite, site_splits
 from baps_fed.federation.run_config import SITES_KEY, check_run_config
 from baps_fed.federation.scenario import partition_site
 from baps_fed.federation.site_state import (
@@ -112,7 +112,8 @@ def warm_up(node_config: dict) -> tuple[SiteSpec, int]:
     and its number of cases."""
     spec = spec_from_flat(node_config, default_name="site", where="this site's settings")
     _, data = _fm_and_data(spec, FedTrainConfig().decoder_config().image_size)
-    return spec, len(data)
+    splits = site_splits(spec, data)  # a bad subset or group-by fails here too
+    return spec, sum(len(part) for part in splits.values())
 
 
 def _upload(context: Context) -> UploadShape:

@@ -45,6 +45,7 @@ def _report_run(command: str, status: int, out: Path) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import datetime as dt
 
+    from baps_fed.data.sources import SYNTHETIC_SOURCES
     from baps_fed.federation.scenario import Scenario
     from baps_fed.launch.simulation import run_simulation
 
@@ -63,6 +64,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.n is not None:
         for site in scenario.sites:
             site["n"] = args.n
+    if args.group_by is not None:
+        for site in scenario.sites:
+            if site["data"] not in SYNTHETIC_SOURCES:  # only folders have a manifest
+                site["group-by"] = args.group_by
     out = args.out or Path("runs") / f"simulate-{dt.datetime.now():%Y%m%d-%H%M%S}"
     check_run_folder(out, False, args.overwrite)
     if args.overwrite:
@@ -166,7 +171,7 @@ def _cmd_site(args: argparse.Namespace) -> int:
         )
     node_config = {"data": args.data, "site-name": args.name, "fm": args.fm}
     node_config.update({"n": args.n, "seed": args.seed, "scanner": args.scanner})
-    node_config["layout"] = args.layout
+    node_config |= {"layout": args.layout, "subset": args.subset, "group-by": args.group_by}
     # this hospital's privacy policy, used when the run turns DP on
     node_config |= {"dp-epsilon-budget": args.dp_epsilon_budget, "dp-delta": args.dp_delta}
     # its state between rounds, one file per run: a restarted site continues from it
@@ -214,6 +219,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--prompt", choices=PROMPT_KINDS, help="point or box (default: the scenario's, else point)"
     )
     p.add_argument("--box-protocol", choices=BOX_PROTOCOLS, help="tight or loose boxes")
+    p.add_argument(
+        "--group-by",
+        help="a manifest.csv column whose groups every folder site's splits keep whole "
+        "(default: each [[site]]'s group-by)",
+    )
     p.add_argument("--out", type=Path, help="run folder (default: runs/simulate-TIMESTAMP)")
     p.add_argument(
         "--shared-fm",
@@ -263,6 +273,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="this hospital's name in reports")
     p.add_argument("--data", required=True, help="data folder or synthetic modality")
     p.add_argument("--layout", default=site.layout)
+    p.add_argument(
+        "--subset",
+        default=site.subset,
+        help="part of the data folder by its manifest.csv, e.g. 'sequence=1,2,3' or "
+        "'quality=good' (docs/data.md)",
+    )
+    p.add_argument(
+        "--group-by",
+        default=site.group_by,
+        help="a manifest.csv column (e.g. sequence, patient) whose groups the site's splits keep "
+        "whole",
+    )
     p.add_argument("--fm", default=site.fm, help="FM spec this site queries")
     p.add_argument("--n", type=int, default=site.n, help="synthetic cases")
     p.add_argument("--seed", type=int, default=site.seed)

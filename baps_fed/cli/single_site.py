@@ -12,16 +12,21 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from baps_fed.data.boxes import BOX_PROTOCOLS, BoxConfig
+from baps_fed.cli.shared_args import (
+    add_data_args,
+    add_device_arg,
+    add_image_size,
+    add_manifest_args,
+    add_prompt_args,
+    prompt_config,
+)
 from baps_fed.data.modalities import MODALITIES
-from baps_fed.data.prompts import PROMPT_KINDS, PromptConfig
+from baps_fed.data.prompts import PromptConfig
 from baps_fed.federation.contract import SiteSpec
 from baps_fed.method.ip_decoder import ADAPT_KINDS, DecoderConfig
 from baps_fed.method.spsa import GeassConfig, SpsaConfig
 from baps_fed.method.spsa_step import StepConfig
 from baps_fed.single_site.training import TrainConfig
-
-SINGLE_SITE_CASES = 400  # synthetic cases of a single-site run (train/val/test splits)
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
@@ -43,6 +48,7 @@ def _zero_shot_rows(
     size: int,
     budget: int | None = None,
     device: str = "cpu",
+    subset: str = "",
 ) -> list[dict]:
     from baps_fed.data.problems import summarize_problems
     from baps_fed.data.sources import open_source
@@ -51,7 +57,8 @@ def _zero_shot_rows(
 
     # Real images are letterboxed to the decoder's size, which training and evaluation use too.
     datasets = [
-        open_source(s, n=n, seed=seed, scanner=scanner, layout=layout, size=size) for s in sources
+        open_source(s, n=n, seed=seed, scanner=scanner, layout=layout, size=size, subset=subset)
+        for s in sources
     ]
     # after the data: a wrong path should fail before any model loads
     fm = load_fm(fm_spec, device=device, budget_images=budget)
@@ -78,7 +85,7 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def _cmd_zero_shot(args: argparse.Namespace) -> int:
-    prompting = _prompt_config(args)
+    prompting = prompt_config(args)
     rows = _zero_shot_rows(
         args.fm,
         args.data,
@@ -90,6 +97,7 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
         args.image_size,
         args.budget,
         args.device,
+        args.subset,
     )
     print(f"prompt: {prompting.describe()}")
     _print_table(rows)
@@ -116,7 +124,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         loss=args.loss,
         spsa=spsa,
         geass=GeassConfig(enabled=args.geass),
-        prompt=_prompt_config(args),
+        prompt=prompt_config(args),
     )
     return TrainConfig(
         steps=args.steps,
@@ -180,7 +188,14 @@ def _open_data(args: argparse.Namespace, size: int):
     from baps_fed.data.sources import open_source
 
     return open_source(
-        args.data, n=args.n, seed=args.seed, scanner=args.scanner, layout=args.layout, size=size
+        args.data,
+        n=args.n,
+        seed=args.seed,
+        scanner=args.scanner,
+        layout=args.layout,
+        size=size,
+        subset=args.subset,
+        group_by=args.group_by,  # the dataset carries it: its train/val/test split honours it
     )
 
 
@@ -234,7 +249,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint (train writes best.pt)")
     decoder, extra = load_decoder(args.checkpoint)
-    prompting = _prompt_config(args)
+    prompting = prompt_config(args)
     trained = extra.get("train_config", {}).get("step", {}).get("prompt", {}).get("kind", "point")
     if "--prompt" not in args.given_flags:  # as the decoder was trained
         prompting = replace(prompting, kind=trained)
@@ -245,70 +260,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = run_evaluation(decoder, fm, data, args.seed, prompting, args.split)
     print_comparison(result)
     return 0
-
-
-def _add_image_size(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=DecoderConfig.image_size,
-        help="real images are letterboxed to this square size (and the prompt made at it); "
-        "256 suits LiteMedSAM, whose input is 256 px",
-    )
-
-
-def _add_prompt_args(p: argparse.ArgumentParser) -> None:
-    prompt, box = PromptConfig(), BoxConfig()
-    p.add_argument(
-        "--prompt",
-        default=prompt.kind,
-        choices=PROMPT_KINDS,
-        help="the prompt each image gets: one positive point, or one box (the MedSAM family "
-        "takes boxes only)",
-    )
-    p.add_argument("--point-mode", default=prompt.point_mode, choices=["uniform", "centroid"])
-    p.add_argument(
-        "--box-protocol",
-        default=box.protocol,
-        choices=BOX_PROTOCOLS,
-        help="tight: the mask's box, each side out by 0..--tight-shift of the image (MedSAM's "
-        "training boxes); loose: out by --box-margin +- --box-jitter of the box (a quick "
-        "clinician's box)",
-    )
-    p.add_argument("--tight-shift", type=float, default=box.tight_shift)
-    p.add_argument("--box-margin", type=float, default=box.loose_margin)
-    p.add_argument("--box-jitter", type=float, default=box.loose_jitter)
-
-
-def _prompt_config(args: argparse.Namespace) -> PromptConfig:
-    box = BoxConfig(
-        protocol=args.box_protocol,
-        tight_shift=args.tight_shift,
-        loose_margin=args.box_margin,
-        loose_jitter=args.box_jitter,
-    )
-    return PromptConfig(kind=args.prompt, point_mode=args.point_mode, box=box)
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    site = SiteSpec
-    p.add_argument("--data", required=True, help="synthetic modality name or a data folder")
-    p.add_argument("--layout", default=site.layout)
-    p.add_argument("--n", type=int, default=SINGLE_SITE_CASES, help="synthetic cases")
-    p.add_argument("--scanner", type=int, default=site.scanner)
-    p.add_argument("--seed", type=int, default=site.seed)
-    p.add_argument("--fm", default=site.fm, help="FM spec (docs/fm-service.md)")
-    _add_device_arg(p)
-    _add_prompt_args(p)
-
-
-def _add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--device",
-        default="cpu",
-        help="torch device of a local FM: cpu, or cuda (bfloat16 autocast and batches of 64 by "
-        "default there; the spec's ?dtype=float32 keeps full precision)",
-    )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -328,9 +279,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=site.fm,
         help="FM spec: tiny | sam:vit_b:PATH | medsam:PATH | litemedsam[:PATH] | grpc://...",
     )
-    _add_device_arg(p)
-    _add_prompt_args(p)
-    _add_image_size(p)
+    add_device_arg(p)
+    add_prompt_args(p)
+    add_image_size(p)
     p.add_argument(
         "--data",
         nargs="+",
@@ -342,6 +293,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=site.layout,
         help="auto | generic | isic2018 | kvasir | busi | optic_disc",
     )
+    add_manifest_args(p, group_by=False)
     p.add_argument("--n", type=int, default=site.n, help="synthetic cases per source")
     p.add_argument("--seed", type=int, default=site.seed)
     p.add_argument("--scanner", type=int, default=site.scanner)
@@ -350,7 +302,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_zero_shot)
 
     p = sub.add_parser("train", help="single-site BAPS: train the IP decoder with SPSA")
-    _add_data_args(p)
+    add_data_args(p)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds")
@@ -364,7 +316,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="the decoder's frozen image encoder: small (shipped) or clip:[MODEL:]PATH, CLIP's "
         "image tower from local open_clip weights (pip install 'baps-fed[clip]')",
     )
-    _add_image_size(p)
+    add_image_size(p)
     p.add_argument(
         "--adapt",
         default=DecoderConfig.adapt,
@@ -405,7 +357,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="zero-shot vs a trained decoder on a test split")
-    _add_data_args(p)
+    add_data_args(p)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.set_defaults(func=_cmd_evaluate)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from PIL import Image
 
@@ -34,4 +36,4 @@ def letterbox(sample: Sample, size: int) -> Sample:
     out_image[:nh, :nw] = np.asarray(image)
     out_mask = np.zeros((size, size), dtype=bool)
     out_mask[:nh, :nw] = _resize_mask(sample.mask, nw, nh)
-    return Sample(out_image, out_mask, sample.name)
+    return replace(sample, image=out_image, mask=out_mask)  # name and manifest row kept

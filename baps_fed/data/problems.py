@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 
 # Phrases that identify a kind of problem in a reason, and how a group of them is described.
 # The reasons come from pairing.py (load_mask, load_pair, index_by_key, pair_up), image_io.py
-# (ImageReadError, binarize_mask) and layouts.py (decode_optic). A reason matching none of them
-# is grouped with the reasons of identical text (its own path left out).
+# (ImageReadError, binarize_mask), layouts.py (decode_optic) and manifest.py (attach_manifest).
+# A reason matching none of them is grouped with the reasons of identical text (its own path
+# left out).
 _KINDS: tuple[tuple[str, str], ...] = (
     ("cannot read image file", "unreadable or corrupt file"),
     ("re-export the mask at the image's size", "mask size differs from its image's"),
@@ -31,6 +32,8 @@ _KINDS: tuple[tuple[str, str], ...] = (
     ("no mask found for image", "image without a mask"),
     ("no image found for mask", "mask without an image"),
     ("has a dark background", "binary disc mask with no cup label"),
+    ("manifest row names no sample", "manifest row naming no sample"),
+    ("is not listed in", "sample not listed in manifest.csv"),
 )
 
 

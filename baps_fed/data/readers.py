@@ -30,7 +30,9 @@ Bad-input rules, the same for every reader (one loader, ``pairing.load``):
 - ``strict=True``: the first problem that would skip a file raises ``DatasetError`` instead;
   repairs (thresholding) never raise, since e.g. every Kvasir-SEG mask is a JPEG that needs one;
 - no usable pair left, a missing folder, or no image files: ``DatasetError`` naming the folder,
-  the number of files found, the first problems and the layout that was expected.
+  the number of files found, the first problems and the layout that was expected;
+- the folder's optional ``manifest.csv`` gives each sample its row (``Sample.meta``); its own
+  rules are in ``manifest``'s module docstring.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from baps_fed.data.layouts import (
     read_optic_disc,
 )
 from baps_fed.data.letterbox import letterbox
+from baps_fed.data.manifest import attach_manifest
 from baps_fed.data.pairing import MaskDecoder, Pair, describe, require_dir, subdirs
 from baps_fed.data.problems import summarize_problems
 from baps_fed.data.sample import DatasetError, SegmentationDataset
@@ -146,7 +149,8 @@ def open_dataset(path: str | Path, layout: str = "auto", **kw) -> SegmentationDa
     """Read the dataset at ``path`` with the reader for ``layout`` (``"auto"``: detect it).
 
     ``kw`` go to the reader: ``strict`` and ``size`` for all, ``split`` for isic2018,
-    ``target`` for optic_disc.
+    ``target`` for optic_disc. The folder's ``manifest.csv``, if any, is read with it (see
+    ``manifest.attach_manifest``).
     """
     if layout == "auto":
         layout, path = detect_layout(path)
@@ -156,4 +160,6 @@ def open_dataset(path: str | Path, layout: str = "auto", **kw) -> SegmentationDa
             f"unknown dataset layout {layout!r}; supported: "
             f"auto, {', '.join(READERS)} (aliases: {', '.join(_ALIASES)})"
         )
-    return reader(path, **kw)
+    ds = reader(path, **kw)
+    ds.folder = str(path)
+    return attach_manifest(ds, Path(path), kw.get("strict", False))

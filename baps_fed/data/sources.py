@@ -1,7 +1,8 @@
 """Turn a data source named on the command line or in a node config into a dataset.
 
 A source is either a synthetic modality name (``colonoscopy``, ...; ``general`` is the FM's own
-domain) or a folder on disk in one of the real layouts (see ``readers.open_dataset``).
+domain) or a folder on disk in one of the real layouts (see ``readers.open_dataset``), of which a
+site may take a subset and keep groups whole in its splits (``manifest.restrict``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from baps_fed.data.general import general_dataset
+from baps_fed.data.manifest import restrict
 from baps_fed.data.modalities import MODALITIES, make_case, synthetic_dataset
 from baps_fed.data.sample import SegmentationDataset
 
@@ -22,6 +24,7 @@ from baps_fed.data.sample import SegmentationDataset
 # simulations/eval_zero_shot.py; seeds >= 20 would reach the image-encoder corpus (40_000_000).
 GENERAL_SEED0 = 20_000_000
 GENERAL_SEED_STRIDE = 1_000_000
+SYNTHETIC_SOURCES = (*MODALITIES, "general")  # every other source is a folder
 
 
 def open_source(
@@ -31,9 +34,19 @@ def open_source(
     scanner: int = 0,
     layout: str = "auto",
     size: int | None = None,
+    subset: str = "",
+    group_by: str = "",
 ) -> SegmentationDataset:
-    """``size``: letterbox real images to size x size (synthetic cases are already 128 px)."""
-    if n < 1 and source in (*MODALITIES, "general"):
+    """``size``: letterbox real images to size x size (synthetic cases are already 128 px);
+    ``subset``, ``group_by``: the samples to use and the manifest column whose groups its splits
+    keep whole (``manifest.restrict``; synthetic data has no manifest: either is an error there)."""
+    return restrict(_open(source, n, seed, scanner, layout, size), subset, group_by)
+
+
+def _open(
+    source: str, n: int, seed: int, scanner: int, layout: str, size: int | None
+) -> SegmentationDataset:
+    if n < 1 and source in SYNTHETIC_SOURCES:
         raise ValueError(f"n must be a positive whole number of synthetic cases, got {n}")
     if source in MODALITIES:
         return synthetic_dataset(source, n, seed=seed, scanner=scanner)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from baps_fed.data.boxes import BoxConfig
+from baps_fed.data.manifest import Subset
 from baps_fed.data.prompts import POINT, PromptConfig
 from baps_fed.federation.uploads import UPLOAD_KINDS
 from baps_fed.flat_config import check_keys, flat_keys, require_positive, values_from_flat
@@ -37,6 +38,12 @@ class SiteSpec:
     seed: int = 0  # synthetic data seed
     scanner: int = 0  # synthetic acquisition profile
     layout: str = "auto"
+    # part of a data folder, by its manifest.csv: "sequence=1,2,3", "quality=good;sequence=1,2"
+    # (baps_fed/data/manifest.py); "" uses every sample
+    subset: str = ""
+    # a manifest column whose groups (one patient's or one video's frames) the site's splits
+    # keep whole, e.g. "sequence"; "" splits sample by sample
+    group_by: str = ""
     fm: str = "tiny"
     # the site's own privacy policy (used when the run has dp on): total epsilon it will
     # spend over the run, at its delta
@@ -48,6 +55,7 @@ class SiteSpec:
 
     def __post_init__(self) -> None:
         require_positive(self, "n")
+        Subset.parse(self.subset)  # a malformed subset fails with the config, not at the data
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -210,8 +218,8 @@ def spec_from_flat(
     config: Mapping[str, Any], default_name: str, where: str = "node config"
 ) -> SiteSpec:
     """A SiteSpec from a node config (Flower keys: data, site-name, n, seed, scanner, layout,
-    fm, dp-epsilon-budget, dp-delta); an unknown key or a missing ``data`` is an error naming
-    what to set."""
+    subset, group-by, fm, dp-epsilon-budget, dp-delta); an unknown key or a missing ``data`` is
+    an error naming what to set."""
     check_keys(config, NODE_CONFIG_KEYS | FLOWER_NODE_KEYS, where)
     if "data" not in config:
         raise ValueError(

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from baps_fed.data.manifest import restrict
 from baps_fed.data.sample import SegmentationDataset
 from baps_fed.data.sources import open_source
 from baps_fed.data.splits import split_dataset
@@ -34,6 +35,13 @@ from baps_fed.method.ip_decoder import IPDecoder, build_decoder
 from baps_fed.method.private_head import WithPrivateHead
 from baps_fed.method.spsa import GeassConfig, SpsaState
 from baps_fed.method.spsa_step import StepConfig, calibrate_c, prompt_fn, spsa_step
+
+
+def site_splits(spec: SiteSpec, data: SegmentationDataset) -> dict[str, SegmentationDataset]:
+    """The site's train/val/test splits of its opened source: the subset it names, each of its
+    groups (``group_by``) whole in one split. Applied here, not when the data is opened, so a
+    process holding a folder's data once (``sites/site_app.py``) serves every view of it."""
+    return split_dataset(restrict(data, spec.subset, spec.group_by))
 
 
 class LocalSite:
@@ -59,7 +67,7 @@ class LocalSite:
                 layout=spec.layout,
                 size=size,
             )
-        self.splits = split_dataset(data)
+        self.splits = site_splits(spec, data)
         train = self.splits["train"]
         if len(train) == 0:
             raise ValueError(f"site {spec.name!r}: no training cases in {spec.data!r}")

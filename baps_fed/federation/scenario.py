@@ -16,16 +16,18 @@ from baps_fed.data.modalities import MODALITIES
 from baps_fed.federation.contract import FedTrainConfig, SiteSpec, spec_from_flat
 from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.run_config import SITES_KEY, dashed, read_run_config
-from baps_fed.flat_config import check_keys, flat_keys
+from baps_fed.flat_config import check_keys, flat_keys, values_from_flat
 
 # a [[site]] table: a SiteSpec, its name under "name"
 SCENARIO_SITE_KEYS = flat_keys(SiteSpec) | {"name", "data"}
+# [[site]] keys that say how a data folder is read: they mean nothing to a synthetic site
+_FOLDER_KEYS = {"layout", "subset", "group-by", "group_by"}
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "simulations/scenarios/default.toml"
 
 
 @dataclass
 class Scenario:
-    sites: list[dict[str, Any]]  # node-config tables: name, data, n, seed, scanner, fm
+    sites: list[dict[str, Any]]  # node-config tables: name, data, n, seed, scanner, fm, ...
     rounds: int = 6
     train: dict[str, Any] = field(default_factory=dict)  # FedTrainConfig keys (run config)
     coordinator: dict[str, Any] = field(default_factory=dict)  # CoordinatorConfig keys
@@ -63,7 +65,7 @@ class Scenario:
         if n < 1:
             raise ValueError(f"--sites must be >= 1, got {n}")
         sites = [dict(s) for s in self.sites[:n]]
-        template = self.sites[-1]
+        template = {k: v for k, v in self.sites[-1].items() if k not in _FOLDER_KEYS}
         for i in range(len(sites), n):
             sites.append(
                 {**template, "name": f"{MODALITIES[i % len(MODALITIES)]}-{i}",
@@ -78,6 +80,7 @@ class Scenario:
             SiteSpec(
                 name=s["name"], data=s["data"], n=int(s.get("n", 200)),
                 seed=int(s.get("seed", 0)) + 1000 * data_seed, scanner=int(s.get("scanner", 0)),
+                **values_from_flat(SiteSpec, {k: v for k, v in s.items() if k in _FOLDER_KEYS}),
             )
             for s in self.sites
         ]  # fmt: skip
