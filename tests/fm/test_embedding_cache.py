@@ -182,3 +182,20 @@ def test_litemedsam_boxes_from_the_cache_are_bit_identical():
         cached.segment(images, boxes=boxes), plain.segment(images, boxes=boxes)
     )
     assert (cached.meter.cache_hits, cached.meter.cache_misses) == (2, 3)
+
+
+def test_a_site_with_2000_images_stays_within_the_default_bound():
+    """2,000 LiteMedSAM-sized embeddings (256 x 64 x 64 float32, 4 MiB each) through a cache of
+    the default bound: at most the bound is ever held, the least recently used go first."""
+    from baps_fed.fm.spec import DEFAULT_CACHE_MB
+
+    cache = EmbeddingCache(int(DEFAULT_CACHE_MB * MB))
+    embedding = torch.zeros(256, 64, 64)
+    for i in range(2000):
+        cache.put(i.to_bytes(4, "big"), embedding)
+    stats = cache.stats()
+    assert stats.peak_bytes <= DEFAULT_CACHE_MB * MB
+    assert stats.entries == int(DEFAULT_CACHE_MB * MB) // (4 * MB)
+    assert stats.evictions == 2000 - stats.entries
+    assert cache.get((1999).to_bytes(4, "big")) is not None
+    assert cache.get((0).to_bytes(4, "big")) is None
