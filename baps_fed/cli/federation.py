@@ -174,6 +174,13 @@ def _cmd_site(args: argparse.Namespace) -> int:
     node_config |= {"layout": args.layout, "subset": args.subset, "group-by": args.group_by}
     # this hospital's privacy policy, used when the run turns DP on
     node_config |= {"dp-epsilon-budget": args.dp_epsilon_budget, "dp-delta": args.dp_delta}
+    # how its clinicians draw boxes (only what is set: unset keeps the run's)
+    habit = {
+        "box-margin": args.box_margin,
+        "box-jitter": args.box_jitter,
+        "box-bias": args.box_bias,
+    }
+    node_config |= {k: v for k, v in habit.items() if v not in (None, "")}
     # its state between rounds, one file per run: a restarted site continues from it
     node_config["state-dir"] = str((args.out / "state").resolve())
     settings = SiteSettings(
@@ -296,6 +303,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="the most epsilon this site spends over a DP run; it declines rounds past it",
     )
     p.add_argument("--dp-delta", type=float, default=site.dp_delta, help="this site's DP delta")
+    p.add_argument(
+        "--box-margin",
+        type=float,
+        default=site.box_margin,
+        help="this hospital's loose boxes: each side out by this fraction (default: the run's)",
+    )
+    p.add_argument(
+        "--box-jitter",
+        type=float,
+        default=site.box_jitter,
+        help="this hospital's loose boxes: +- this jitter per side (default: the run's)",
+    )
+    p.add_argument(
+        "--box-bias",
+        default=site.box_bias,
+        help='this hospital\'s habit per side, "left,top,right,bottom" fractions of the box, '
+        '+ = outwards (e.g. "0,0.2,0,-0.1": draws high); needs prompt box, box-protocol loose',
+    )
     p.add_argument("--port", type=int, default=0, help="local SuperNode API port (0: free)")
     p.add_argument(
         "--threads",

@@ -1,9 +1,10 @@
 """The federation's contract: what every site of a run shares, and what one site round returns.
 
 ``FedTrainConfig`` is the run config every site trains with; ``SiteSpec`` is one hospital's node
-config; perturbations are named by (master seed, round, site id, step), so any machine can
-replay them (``perturbation_key``). A round starts from ``start_point``: the global decoder, or
-with ``personal_keep`` > 0 a mix of it and the site's own decoder of the last round.
+config, its box habit among it (``site_prompt_config``); perturbations are named by (master
+seed, round, site id, step), so any machine can replay them (``perturbation_key``). A round
+starts from ``start_point``: the global decoder, or with ``personal_keep`` > 0 a mix of it and
+the site's own decoder of the last round.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from baps_fed.data.boxes import BoxConfig
+from baps_fed.data.boxes import BoxConfig, parse_box_bias
 from baps_fed.data.manifest import Subset
 from baps_fed.data.prompts import POINT, PromptConfig
 from baps_fed.federation.uploads import UPLOAD_KINDS
@@ -52,10 +53,38 @@ class SiteSpec:
     # where the site keeps its state between rounds, one file per run ("": in memory only,
     # as in a simulation); `baps-fed site` sets it to its --out folder's state/
     state_dir: str = ""
+    # how this hospital's clinicians draw loose boxes, in place of the run's (None: the run's
+    # box-margin / box-jitter), plus a per-side bias "left,top,right,bottom" (fractions of the
+    # box's size, + = outwards; "": none). Node config: it never leaves the site
+    box_margin: float | None = None
+    box_jitter: float | None = None
+    box_bias: str = ""
 
     def __post_init__(self) -> None:
         require_positive(self, "n")
         Subset.parse(self.subset)  # a malformed subset fails with the config, not at the data
+        try:  # a bad margin, jitter or bias fails here too, naming the site
+            self.box_config(BoxConfig())
+        except ValueError as err:
+            raise ValueError(f"site {self.name!r}: box habit: {err}") from None
+
+    def habit_keys(self) -> list[str]:
+        """The node-config keys of the box habit this site sets ([]: it draws as the run says)."""
+        return [k.replace("_", "-") for k in HABIT_FIELDS if getattr(self, k) not in (None, "")]
+
+    def box_config(self, run: BoxConfig) -> BoxConfig:
+        """The run's boxes as this site draws them: its habit in place of the run's loose-box
+        settings, what it leaves unset as the run says."""
+        return replace(
+            run,
+            loose_margin=run.loose_margin if self.box_margin is None else self.box_margin,
+            loose_jitter=run.loose_jitter if self.box_jitter is None else self.box_jitter,
+            loose_bias=parse_box_bias(self.box_bias) if self.box_bias else run.loose_bias,
+        )
+
+
+# a site's box habit: parsed by ``habit_values``, not by the generic flat-config reader
+HABIT_FIELDS = ("box_margin", "box_jitter", "box_bias")
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -218,8 +247,8 @@ def spec_from_flat(
     config: Mapping[str, Any], default_name: str, where: str = "node config"
 ) -> SiteSpec:
     """A SiteSpec from a node config (Flower keys: data, site-name, n, seed, scanner, layout,
-    subset, group-by, fm, dp-epsilon-budget, dp-delta); an unknown key or a missing ``data`` is
-    an error naming what to set."""
+    subset, group-by, fm, dp-epsilon-budget, dp-delta, box-margin, box-jitter, box-bias); an
+    unknown key or a missing ``data`` is an error naming what to set."""
     check_keys(config, NODE_CONFIG_KEYS | FLOWER_NODE_KEYS, where)
     if "data" not in config:
         raise ValueError(
@@ -227,4 +256,56 @@ def spec_from_flat(
             "'data=\"/path/to/site\"' (or a synthetic modality name)"
         )
     name = str(config.get("site-name", default_name))
-    return SiteSpec(name=name, data=str(config["data"]), **values_from_flat(SiteSpec, config))
+    values = values_from_flat(SiteSpec, config, skip=HABIT_FIELDS)
+    return SiteSpec(name=name, data=str(config["data"]), **values, **habit_values(config))
+
+
+def habit_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The box-habit fields a flat table sets (box-margin, box-jitter: numbers; box-bias: one
+    string "left,top,right,bottom"), the one place they are read."""
+    values: dict[str, Any] = {}
+    for field in HABIT_FIELDS:
+        key = next((k for k in (field.replace("_", "-"), field) if k in config), None)
+        if key is None:
+            continue
+        value = config[key]
+        if field == "box_bias":
+            if not isinstance(value, str):  # a TOML list would not survive a node config
+                raise ValueError(
+                    f'config {key}: give one string "left,top,right,bottom", e.g. '
+                    f'"0,0.2,0,-0.1", got {value!r}'
+                )
+            values[field] = value
+        elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"config {key}: expected a fraction, got {value!r}")
+        else:
+            try:
+                values[field] = float(value)
+            except ValueError:
+                raise ValueError(f"config {key}: expected a fraction, got {value!r}") from None
+    return values
+
+
+def site_prompt_config(cfg: FedTrainConfig, spec: SiteSpec) -> PromptConfig:
+    """The prompts this site draws: the run's, its loose boxes drawn with the site's own habit.
+    A habit with any other prompt is refused, not ignored: a benchmark would otherwise report
+    a habit's effect that no box ever had."""
+    prompting, keys = cfg.prompt_config(), spec.habit_keys()
+    if not keys:
+        return prompting
+    if prompting.kind != "box" or prompting.box.protocol != "loose":
+        raise ValueError(
+            f"site {spec.name!r} sets a box habit ({', '.join(keys)}) but the run prompts with "
+            f"{prompting.describe()}: run with prompt = box and box-protocol = loose, or drop "
+            f"{', '.join(keys)} from the site's node config"
+        )
+    return replace(prompting, box=spec.box_config(prompting.box))
+
+
+def site_prompt_seed(cfg: FedTrainConfig, spec: SiteSpec) -> int:
+    """The seed of the site's evaluation prompts (with each sample's name): the run's
+    point-seed; a site with its own habit also mixes in its id, so two sites that draw alike
+    still draw their own boxes on same-named images (training batches carry the id already)."""
+    if not spec.habit_keys():
+        return cfg.point_seed
+    return cfg.point_seed * 2**32 + site_id(spec.name)

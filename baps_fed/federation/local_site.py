@@ -25,6 +25,8 @@ from baps_fed.federation.contract import (
     SiteSpec,
     perturbation_key,
     site_id,
+    site_prompt_config,
+    site_prompt_seed,
     start_point,
 )
 from baps_fed.federation.site_state import SiteState
@@ -56,6 +58,11 @@ class LocalSite:
     ) -> None:
         self.spec, self.cfg = spec, cfg
         self.id = site_id(spec.name)
+        # the run's prompts, drawn with this hospital's box habit when it has one (a habit the
+        # run cannot use fails here, before data or FM): the same in training, validation, test
+        # and zero-shot, as its clinicians draw them
+        self.prompting = site_prompt_config(cfg, spec)
+        self.prompt_seed = site_prompt_seed(cfg, spec)
         self.decoder: IPDecoder = build_decoder(cfg.decoder_config())
         size = self.decoder.cfg.image_size
         if data is None:
@@ -94,7 +101,6 @@ class LocalSite:
             if cfg.dp
             else None
         )
-        self.prompting = cfg.prompt_config()
         self.fm.require_prompt(self.prompting.kind)
         self.step_cfg = StepConfig(
             batch_size=cfg.batch_size,
@@ -219,7 +225,7 @@ class LocalSite:
         zero-shot."""
         data = self.splits[split]
         queries0 = self.fm.meter.images
-        seed, prompting = self.cfg.point_seed, self.prompting
+        seed, prompting = self.prompt_seed, self.prompting
         if split not in self._zero_shot:
             self._zero_shot[split] = evaluate_fm(self.fm, data, seed, prompting).summary()
         full = self._full(self.start_point(theta, personal), private)

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from baps_fed.data.modalities import MODALITIES
-from baps_fed.federation.contract import FedTrainConfig, SiteSpec, spec_from_flat
+from baps_fed.federation.contract import (
+    FedTrainConfig,
+    SiteSpec,
+    habit_values,
+    site_prompt_config,
+    spec_from_flat,
+)
 from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.run_config import SITES_KEY, dashed, read_run_config
 from baps_fed.flat_config import check_keys, flat_keys, values_from_flat
@@ -81,6 +87,7 @@ class Scenario:
                 name=s["name"], data=s["data"], n=int(s.get("n", 200)),
                 seed=int(s.get("seed", 0)) + 1000 * data_seed, scanner=int(s.get("scanner", 0)),
                 **values_from_flat(SiteSpec, {k: v for k, v in s.items() if k in _FOLDER_KEYS}),
+                **habit_values(s),  # its box habit: how its clinicians draw
             )
             for s in self.sites
         ]  # fmt: skip
@@ -89,9 +96,10 @@ class Scenario:
         """Every setting of the run it makes, validated as the coordinator and the sites will
         (a zero count or a bad value fails here, before any process starts)."""
         config = self.run_config(out, fm)
-        read_run_config(config, "the scenario's run config")
+        _, train = read_run_config(config, "the scenario's run config")
         for i, site in enumerate(json.loads(config[SITES_KEY])):
-            spec_from_flat(site, f"site{i}", where=f"the scenario's site {i + 1}")
+            spec = spec_from_flat(site, f"site{i}", where=f"the scenario's site {i + 1}")
+            site_prompt_config(train, spec)  # a box habit the run's prompts cannot use
 
     def node_configs(self, fm: str | None = None) -> list[dict[str, Any]]:
         """The sites' node configs, as a SuperNode would get them (the name is "site-name")."""
