@@ -160,7 +160,8 @@ def cached_export(
     final = root / f"{runtime}-{img_size}-{export_key(encoder, runtime, img_size)}"
     if final.is_dir():
         return final
-    root.mkdir(parents=True, exist_ok=True)
+    # the export is a copy of the FM's weights: readable by this account only, like a checkpoint
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         _EXPORTS[runtime](encoder, img_size, tmp)

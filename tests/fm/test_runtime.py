@@ -85,6 +85,7 @@ def test_export_is_reused_and_keyed_by_the_weights(name, small, tmp_path, monkey
     x = torch.rand(3, 3, 32, 32)
     first = rt.fast_encoder(name, small, 32, cache_dir=tmp_path, threads=1)
     (folder,) = tmp_path.iterdir()  # one export, no temporary left behind
+    assert folder.stat().st_mode & 0o077 == 0  # a copy of the FM's weights: this account's only
     stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert torch.allclose(first(x), small(x), atol=1e-5)
 
