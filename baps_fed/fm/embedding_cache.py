@@ -9,7 +9,8 @@ The key is a BLAKE2b digest of the preprocessed tensor the encoder would see (it
 and bytes), so a changed pixel is a different key and two FM families never share entries.
 Entries are cloned embeddings (never views of a batch, which would keep the whole batch alive);
 the least recently used go first once ``max_bytes`` is reached; an entry larger than the bound is
-not kept. Scopes keep tenants apart: each scope (a token's digest on the FM service, ``""`` in a
+not kept. Scopes keep tenants apart: each scope (the client's name from the tokens file on the
+FM service, ``""`` in a
 local process) has its own LRU with its own bound, so one tenant's request is never answered
 from, nor can it evict or time-probe, another tenant's embeddings.
 """

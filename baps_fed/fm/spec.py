@@ -72,10 +72,13 @@ def parse_options(spec: str) -> tuple[str, FMOptions]:
     known = {f.name: f.type for f in fields(FMOptions)}
     values: dict[str, object] = {}
     for key, raw in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key in values:
+            raise FMSpecError(f"FM spec {spec!r}: option {key!r} is given twice")
         if key not in known:
             raise FMSpecError(
                 f"FM spec {spec!r}: unknown option {key!r}; local FMs take "
-                f"{', '.join(known)} (e.g. litemedsam?cache_mb=0)"
+                f"{', '.join(known)} after '?' (e.g. litemedsam?cache_mb=0); a checkpoint path "
+                "must not contain '?'"
             )
         try:
             values[key] = {"cache_mb": float, "max_batch": int}.get(key, str)(raw)
@@ -113,7 +116,7 @@ def load_fm(
         settings["max_batch"] = opts.max_batch
     return TorchSamFM(
         model,
-        base,
+        spec,  # options included: run records say how the FM ran
         device,
         budget_images=budget_images,
         cache_bytes=opts.cache_bytes,

