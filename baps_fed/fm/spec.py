@@ -69,7 +69,7 @@ def parse_options(spec: str) -> tuple[str, FMOptions]:
     base, sep, query = spec.partition("?")
     if not sep:
         return spec, FMOptions()
-    known = {f.name: f.type for f in fields(FMOptions)}
+    known = tuple(f.name for f in fields(FMOptions))
     values: dict[str, object] = {}
     for key, raw in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if key in values:

@@ -125,24 +125,20 @@ class TorchSamFM(BlackboxFM):
         if self.caches is None:
             return self.encoder(x)
         scopes = scopes or ("",) * x.shape[0]
-        keys = [embedding_key(xi) for xi in x]
-        found: list[torch.Tensor | None] = []
-        first: dict[tuple[str, bytes], int] = {}  # an image repeated in the chunk (SPSA's
-        for i, (scope, key) in enumerate(zip(scopes, keys, strict=True)):  # 2K copies) once
-            if (scope, key) in first:
-                found.append(None)
-                continue
-            first[scope, key] = i
-            found.append(self.caches.scope(scope).get(key))
-        missing = [i for i, e in enumerate(found) if e is None and first[scopes[i], keys[i]] == i]
+        ids = [(scope, embedding_key(xi)) for scope, xi in zip(scopes, x, strict=True)]
+        first: dict[tuple[str, bytes], int] = {}  # each distinct image once: SPSA sends 2K
+        for i, image_id in enumerate(ids):  # copies of its batch in one call
+            first.setdefault(image_id, i)
+        found = {image_id: self.caches.scope(image_id[0]).get(image_id[1]) for image_id in first}
+        missing = [image_id for image_id, e in found.items() if e is None]
         self.meter.cache_misses += len(missing)
         self.meter.cache_hits += x.shape[0] - len(missing)
         if missing:
-            encoded = self.encoder(x[missing])
-            for j, i in enumerate(missing):
-                found[i] = encoded[j]
-                self.caches.scope(scopes[i]).put(keys[i], encoded[j])
-        return torch.stack([found[first[s, k]] for s, k in zip(scopes, keys, strict=True)])
+            encoded = self.encoder(x[[first[image_id] for image_id in missing]])
+            for image_id, embedding in zip(missing, encoded, strict=True):
+                found[image_id] = embedding
+                self.caches.scope(image_id[0]).put(image_id[1], embedding)
+        return torch.stack([found[image_id] for image_id in ids])  # type: ignore[misc]
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)

@@ -26,33 +26,20 @@ from baps_fed.federation.contract import (
 from baps_fed.federation.local_site import LocalSite, site_splits
 from baps_fed.federation.scenario import Scenario
 from baps_fed.flat_config import ConfigKeyError
-from baps_fed.fm.contract import Query
 from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.tiny import save_tiny_weights
-from baps_fed.fm.torch_fm import TorchSamFM
 from baps_fed.method.spsa_step import batch_rng
 from coordinator.app import run_rounds
 from sites.app import app as client_app
 from sites.outbox import check_outgoing
 from tests.conftest import SMALL_ARCH
+from tests.federation.test_private_box_head import RecordingFM
 from tests.flower_loopback import LoopbackGrid
 
 HIGH = {"box-margin": 0.05, "box-jitter": 0.1, "box-bias": "0,0.2,0,-0.1"}  # draws high
 WIDE = {"box-bias": "0.3,0,0.3,0"}  # draws wide, the run's margin and jitter
 FUNDUS = synthetic_dataset("fundus", 12)  # every site's data here: same names, same masks
 BOX_RUN = FedTrainConfig(local_steps=1, batch_size=3, sp_avg=1, prompt="box", private_head="none")
-
-
-class RecordingFM(TorchSamFM):
-    """Keeps the boxes of every query it answers."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.boxes: list[np.ndarray] = []
-
-    def _segment(self, query: Query) -> np.ndarray:
-        self.boxes.append(query.boxes.copy())
-        return super()._segment(query)
 
 
 def _spec(name: str = "a", **habit) -> SiteSpec:
