@@ -36,6 +36,29 @@ class PromptConfig:
             return f"one positive point ({self.point_mode})"
         return f"one {self.box.protocol} box"
 
+    def for_case(self, index: int) -> PromptConfig:
+        """The config of training case ``index``: the same for every case of one site."""
+        return self
+
+
+@dataclass(frozen=True)
+class PooledPrompting:
+    """Prompts of a pool of several sites' training cases, each drawn as its own site draws
+    them (a pooled-centralised arm: every hospital's cases with its clinicians' boxes)."""
+
+    configs: tuple[PromptConfig, ...]  # one per case, in the pool's order
+
+    def __post_init__(self) -> None:
+        if len({c.kind for c in self.configs}) != 1:
+            raise ValueError("a pool's cases must share one prompt kind (all points or all boxes)")
+
+    @property
+    def kind(self) -> PromptKind:
+        return self.configs[0].kind
+
+    def for_case(self, index: int) -> PromptConfig:
+        return self.configs[index]
+
 
 POINT = PromptConfig()  # the BAPS protocol: one positive point, uniform in the mask
 
@@ -97,12 +120,17 @@ def sample_prompt(mask: np.ndarray, rng: np.random.Generator, cfg: PromptConfig)
 
 
 def sample_prompts(
-    masks: np.ndarray, idx: np.ndarray, rng: np.random.Generator, cfg: PromptConfig
+    masks: np.ndarray,
+    idx: np.ndarray,
+    rng: np.random.Generator,
+    cfg: PromptConfig | PooledPrompting,
 ) -> Prompts:
-    """Prompts for ``masks[idx]``, drawn in order from ``rng``."""
+    """Prompts for ``masks[idx]``, drawn in order from ``rng``, each as its case's config says."""
     if not len(idx):
         return Prompts.empty(cfg.kind)
-    return Prompts.stack([sample_prompt(masks[i], rng, cfg) for i in idx], cfg.kind)
+    return Prompts.stack(
+        [sample_prompt(masks[i], rng, cfg.for_case(int(i))) for i in idx], cfg.kind
+    )
 
 
 def seeded_prompt(mask: np.ndarray, name: str, seed: int, cfg: PromptConfig) -> np.ndarray:

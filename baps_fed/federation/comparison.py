@@ -6,8 +6,9 @@ a Flower site runs (``LocalSite``), and the federated arm is the in-process fede
 - local-only: each site trains alone for rounds x local_steps steps;
 - federated: rounds of local_steps steps per site, aggregated by the run's ``RoundAggregator``,
   each site with its private head (``federated_global``: the shared decoder alone);
-- pooled: one site holding every site's training split, rounds x local_steps x sites steps,
-  so its FM image-queries equal the federation's total.
+- pooled: one site holding every site's training split (each case prompted as its own site
+  draws boxes), rounds x local_steps x sites steps, so its FM image-queries equal the
+  federation's total.
 Each site's test split is the same in every arm (splits hash sample names); ``test_n`` scores
 every site instead on that many unseen cases from its own generator (same modality and
 scanner, case indices after the site's own), so small sites' scores are as precise as large
@@ -22,8 +23,8 @@ from dataclasses import replace
 import numpy as np
 
 from baps_fed.data.modalities import MODALITIES, make_case
+from baps_fed.data.prompts import PooledPrompting
 from baps_fed.data.sample import SegmentationDataset
-from baps_fed.data.sources import open_source
 from baps_fed.federation.contract import FedTrainConfig, SiteSpec, initial_theta
 from baps_fed.federation.in_process import InProcessFederation
 from baps_fed.federation.local_site import LocalSite
@@ -49,6 +50,23 @@ def evaluate_all(sites: list[LocalSite], theta: np.ndarray) -> dict[str, dict]:
     return {s.spec.name: s.evaluate(theta) for s in sites}
 
 
+def pooled_site(sites: list[LocalSite], cfg: FedTrainConfig, fm) -> LocalSite:
+    """One site holding every site's training split, one model (no private head); each case
+    is prompted as its own site draws its boxes (a pool keeps the boxes its hospitals drew)."""
+    cases = [case for site in sites for case in site.splits["train"]]
+    empty = SegmentationDataset("pooled", [], problems=[])
+    pooled = LocalSite(
+        SiteSpec("pooled", "pooled"),
+        replace(cfg, private_head="none"),
+        fm=fm,
+        splits={"train": SegmentationDataset("pooled", cases, problems=[]), "val": empty,
+                "test": empty},
+    )  # fmt: skip
+    habits = PooledPrompting(tuple(s.prompting for s in sites for _ in range(s.num_train)))
+    pooled.step_cfg = replace(pooled.step_cfg, prompt=habits)
+    return pooled
+
+
 def run_seed(
     scenario: Scenario,
     cfg: FedTrainConfig,
@@ -60,11 +78,7 @@ def run_seed(
     test_n: int | None = None,
 ) -> dict:
     cfg = replace(cfg, master_seed=seed)
-    specs = scenario.site_specs(seed)
-    datasets = {
-        sp.name: open_source(sp.data, n=sp.n, seed=sp.seed, scanner=sp.scanner) for sp in specs
-    }
-    sites = [LocalSite(sp, cfg, fm=fm, data=datasets[sp.name]) for sp in specs]
+    sites = [LocalSite(sp, cfg, fm=fm) for sp in scenario.site_specs(seed)]  # as a site opens it
     if test_n:
         for site in sites:  # training never reads the test split: swapping it changes only scores
             site.splits["test"] = held_out_test(site.spec, test_n)
@@ -73,7 +87,7 @@ def run_seed(
     steps = rounds * cfg.local_steps
 
     if "local_only" in arms:
-        t0, queries, local = time.perf_counter(), 0, {}
+        t0, queries, local, heads = time.perf_counter(), 0, {}, {}
         for site in sites:  # local-only: the same steps, no averaging
             theta, state, private = theta0, None, None
             for rnd in range(1, rounds + 1):
@@ -81,7 +95,9 @@ def run_seed(
                 theta, state, private = theta + r.update, r.state, r.private
                 queries += r.metrics["fm-queries"]
             local[site.spec.name] = site.evaluate(theta, private)
+            heads[site.spec.name] = None if private is None else private.tolist()
         out["local_only"] = local
+        out["local_only_private"] = heads
         out["local_only_queries"] = queries
         out["local_only_s"] = time.perf_counter() - t0
 
@@ -94,20 +110,16 @@ def run_seed(
         out["federated_global"] = {  # the shared decoder alone, without the private heads
             n: {**m, "dice": m["global-dice"]} for n, m in out["federated"].items()
         }
+        out["federated_private"] = {  # what each private head learnt (it never left the site)
+            n: None if st.private is None else st.private.tolist()
+            for n, st in federation.states.items()
+        }
         out["federated_queries"] = federation.fm_queries
         out["federated_s"] = time.perf_counter() - t0
 
     if "pooled" in arms:
         t0 = time.perf_counter()
-        pooled_data = SegmentationDataset(
-            "pooled", [s for ds in datasets.values() for s in ds], problems=[]
-        )
-        pooled = LocalSite(
-            SiteSpec("pooled", "pooled"),
-            replace(cfg, local_steps=steps * len(sites), private_head="none"),  # one model
-            fm=fm,
-            data=pooled_data,
-        )  # fmt: skip
+        pooled = pooled_site(sites, replace(cfg, local_steps=steps * len(sites)), fm)
         r = pooled.train_round(theta0, 1, None)
         out["pooled"] = evaluate_all(sites, theta0 + r.update)
         out["pooled_queries"] = r.metrics["fm-queries"]

@@ -110,6 +110,9 @@ class FedTrainConfig:
     target_grey: float = TARGET_GREY
     preset: str = DecoderConfig.preset
     vp_grid: int = DecoderConfig.vp_grid
+    # the prompt's resolution: each site's real images are letterboxed to it (synthetic cases
+    # are 128 px); 256 is LiteMedSAM's and MedSAM's own input size
+    image_size: int = DecoderConfig.image_size
     # the decoder's frozen encoder; "clip:[MODEL:]PATH" needs the same weights file at that
     # path on every site (baps_fed/method/image_encoder.py)
     image_encoder: str = DecoderConfig.image_encoder
@@ -150,7 +153,7 @@ class FedTrainConfig:
             )
         if not 0 <= self.personal_keep <= 1:
             raise ValueError(f"personal-keep must be in [0, 1], got {self.personal_keep}")
-        require_positive(self, "local_steps", "batch_size", "sp_avg")
+        require_positive(self, "local_steps", "batch_size", "sp_avg", "image_size")
         self.prompt_config()  # a bad prompt kind, protocol or fraction fails here
         if self.private_head not in PRIVATE_HEADS:
             raise ValueError(
@@ -195,6 +198,7 @@ class FedTrainConfig:
         return DecoderConfig(
             preset=self.preset,  # type: ignore[arg-type]
             vp_grid=self.vp_grid,
+            image_size=self.image_size,
             init_seed=self.decoder_seed,
             image_encoder=self.image_encoder,
         )

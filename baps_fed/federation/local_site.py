@@ -55,7 +55,10 @@ class LocalSite:
         cfg: FedTrainConfig,
         fm: BlackboxFM | None = None,
         data: SegmentationDataset | None = None,
+        splits: dict[str, SegmentationDataset] | None = None,
     ) -> None:
+        """``splits``: the site's splits as given instead of its data's (a pooled arm's union
+        of several sites' training splits)."""
         self.spec, self.cfg = spec, cfg
         self.id = site_id(spec.name)
         # the run's prompts, drawn with this hospital's box habit when it has one (a habit the
@@ -65,7 +68,7 @@ class LocalSite:
         self.prompt_seed = site_prompt_seed(cfg, spec)
         self.decoder: IPDecoder = build_decoder(cfg.decoder_config())
         size = self.decoder.cfg.image_size
-        if data is None:
+        if splits is None and data is None:
             data = open_source(
                 spec.data,
                 n=spec.n,
@@ -74,12 +77,18 @@ class LocalSite:
                 layout=spec.layout,
                 size=size,
             )
-        self.splits = site_splits(spec, data)
+        self.splits = splits if splits is not None else site_splits(spec, data)  # type: ignore[arg-type]
         train = self.splits["train"]
         if len(train) == 0:
             raise ValueError(f"site {spec.name!r}: no training cases in {spec.data!r}")
         self.images = np.stack([s.image for s in train])
         self.masks = np.stack([s.mask for s in train])
+        if self.images.shape[1:3] != (size, size):
+            raise ValueError(
+                f"site {spec.name!r}: its cases are {self.images.shape[2]} x "
+                f"{self.images.shape[1]} px, the run's image-size is {size}: synthetic cases are "
+                "128 px (set image-size = 128); a data folder is letterboxed to image-size"
+            )
         self.fm = fm if fm is not None else load_fm(spec.fm)
         # what SPSA trains here: the shared decoder, plus the private head when there is one
         self.model: IPDecoder | WithPrivateHead = (

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from baps_fed.data.prompts import PromptConfig, Prompts, sample_prompts
+from baps_fed.data.prompts import PooledPrompting, PromptConfig, Prompts, sample_prompts
 from baps_fed.evaluation.metrics import LOSSES
 from baps_fed.fm.contract import BlackboxFM
 from baps_fed.fm.errors import FMTransientError
@@ -55,7 +55,8 @@ def measured_spsa() -> SpsaConfig:
 class StepConfig:
     batch_size: int = 8
     loss: str = "dice"
-    prompt: PromptConfig = field(default_factory=PromptConfig)
+    # a pooled arm's PooledPrompting draws each case as its own site does
+    prompt: PromptConfig | PooledPrompting = field(default_factory=PromptConfig)
     fm_retries: int = 2
     spsa: SpsaConfig = field(default_factory=measured_spsa)
     geass: GeassConfig = field(default_factory=GeassConfig)
@@ -88,7 +89,10 @@ def batch_rng(key: SeedKey, step: int) -> np.random.Generator:
 
 
 def sample_batch(
-    masks: np.ndarray, batch_size: int, rng: np.random.Generator, prompt: PromptConfig
+    masks: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    prompt: PromptConfig | PooledPrompting,
 ) -> tuple[np.ndarray, Prompts]:
     idx = rng.choice(len(masks), batch_size, replace=len(masks) < batch_size)
     return idx, sample_prompts(masks, idx, rng, prompt)
