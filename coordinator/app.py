@@ -1,7 +1,8 @@
 """The coordinator ServerApp: rounds of local SPSA at the sites, update averaging, checkpoints.
 
 Each round: send the global decoder to the connected sites, wait up to ``round-timeout`` for
-their updates, aggregate those that arrived (a failed or silent site is logged and skipped),
+their updates, aggregate those that arrived (a failed or silent site is logged and skipped;
+with fewer than ``min-sites`` usable updates the round is not aggregated, and said so),
 evaluate, then checkpoint and rewrite the report. With ``resume = true`` a restarted
 coordinator continues after the last checkpointed round with the identical decoder.
 
@@ -144,6 +145,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
         cfg.krum_malicious,
         SiteReplica.from_arrays("consensus", state.consensus) if state.consensus else None,
         equal_weights=cfg.central_dp != "off",
+        min_updates=cfg.min_sites,
     )
     strategy = UpdateAveraging(
         aggregator,
@@ -175,7 +177,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
             out, rnd, strategy.round_uploads, aggregator.theta, state.audit_head
         )
         if arrays is None:
-            logger.warning("round %d: no usable update; the global decoder is unchanged", rnd)
+            logger.warning("round %d: not aggregated; the global decoder is unchanged", rnd)
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             messages = list(
                 driver.configure_evaluate(rnd, strategy.global_arrays(), round_config, grid)
@@ -219,11 +221,16 @@ def _print_round(entry: dict) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     state = run_rounds(grid, context)
-    out = Path(CoordinatorConfig.from_run_config(dict(context.run_config)).out_dir).resolve()
-    trained = any(e["train"] for e in state.history)
-    if not trained:  # rounds in which no site ever trained: not a success
+    cfg = CoordinatorConfig.from_run_config(dict(context.run_config))
+    out = Path(cfg.out_dir).resolve()
+    why = f"(why: each round's failures, above and in {out / 'report.md'})"
+    if not any(e["train"] for e in state.history):  # no site ever trained: not a success
         raise RunRefused(
-            f"the run failed: no site trained in any of its {state.round} rounds (why: each "
-            f"round's failures, above and in {out / 'report.md'})"
+            f"the run failed: no site trained in any of its {state.round} rounds {why}"
+        )
+    if not any(e["aggregate"] for e in state.history):  # never min-sites usable updates
+        raise RunRefused(
+            f"the run failed: none of its {state.round} rounds had the {cfg.min_sites} usable "
+            f"updates min-sites asks for, so the global decoder never changed {why}"
         )
     print(f"done after round {state.round}; report: {out / 'report.md'}", flush=True)

@@ -45,10 +45,12 @@ class UpdateAveraging(FedAvg):
         self.round_uploads: list[SiteUpload] = []  # the last round's, for the audit log
         self.names: dict[int, str] = {}  # Flower node id -> the name its site last gave
         self.error_kinds: list[str] = []  # this round's: a site error's kind, or "no-reply"
+        self.train_failed: list[str] = []  # this round's sites whose train failed or was silent
 
     def start_round(self) -> None:
         self.agg.start_round()
         self.site_evaluate, self.round_uploads, self.error_kinds = {}, [], []
+        self.train_failed = []
 
     def global_arrays(self) -> ArrayRecord:
         return ArrayRecord({"theta": Array(self.agg.theta)})
@@ -58,7 +60,7 @@ class UpdateAveraging(FedAvg):
         belongs to the node its message went to (Flower's own error replies come from the
         SuperLink, node 1, not from the site)."""
         dst = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
-        answered = set()
+        answered, failed = set(), []
         for m in replies:
             node = dst.get(m.metadata.reply_to_message_id, m.metadata.src_node_id)
             answered.add(node)
@@ -68,11 +70,15 @@ class UpdateAveraging(FedAvg):
                 error = describe_error(m.error.reason, m.error.code)
                 self.agg.failures.append(f"{phase} {self.name_of(node)}: {error}")
                 self.error_kinds.append(error.split(":")[0])
+                failed.append(node)
         for node in sorted(set(dst.values()) - answered):
             self.error_kinds.append("no-reply")
             self.agg.failures.append(
                 f"{phase} {self.name_of(node)}: no reply before the round timeout"
             )
+            failed.append(node)
+        if phase == "train":
+            self.train_failed = [self.name_of(node) for node in failed]
 
     def name_of(self, node: int) -> str:
         return self.names.get(node) or unnamed(node)
@@ -105,7 +111,7 @@ class UpdateAveraging(FedAvg):
             )
             for m in sorted(valid, key=site_name)  # arrival order must not change the sum
         ]
-        if not self.agg.apply_round(server_round, self.round_uploads):
+        if not self.agg.apply_round(server_round, self.round_uploads, self.train_failed):
             return None, None
         site_train = self.agg.site_train
         agg = {k: weighted(site_train, k) for k in ("train-loss", "seconds")}

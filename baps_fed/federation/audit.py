@@ -132,6 +132,7 @@ def audit_run(run_dir: Path) -> AuditResult:
         coord.aggregation,  # type: ignore[arg-type]
         coord.trim_fraction,
         coord.krum_malicious,
+        min_updates=coord.min_sites,
     )
     n, prev = 0, ""
     for n, line in enumerate(log.read_text().splitlines(), start=1):

@@ -67,11 +67,18 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def load_checkpoint(out: Path) -> CoordinatorState:
+    """The checkpoint of the run folder ``out``, to resume from."""
     path = out / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no coordinator checkpoint to resume from; start without resume"
         )
+    return read_checkpoint(path)
+
+
+def read_checkpoint(path: Path) -> CoordinatorState:
+    """A checkpoint file, whatever its name (``baps-fed evaluate`` scores its decoder); a cut
+    or altered file, or a decoder with non-finite values, is refused in one line naming it."""
     try:
         with np.load(path) as z:
             meta = json.loads(z["meta"].tobytes().decode())
@@ -84,7 +91,8 @@ def load_checkpoint(out: Path) -> CoordinatorState:
                     k[len(prefix) :]: z[k].copy() for k in z.files if k.startswith(prefix)
                 }
             consensus = {k[5:]: z[k].copy() for k in z.files if k.startswith("cons_")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            rnd, history, config = meta["round"], meta["history"], meta["config"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(
             f"{path}: not a readable coordinator checkpoint ({type(err).__name__}: {err}); it "
             "was cut short or altered: restore it from a backup, or start a new run"
@@ -92,14 +100,15 @@ def load_checkpoint(out: Path) -> CoordinatorState:
     if not np.isfinite(theta).all():
         raise ValueError(
             f"{path}: the checkpoint's decoder holds {int((~np.isfinite(theta)).sum())} "
-            "non-finite values; it cannot be resumed: restore it from a backup or start afresh"
+            "non-finite values; it cannot be resumed or scored: restore it from a backup or "
+            "start afresh"
         )
     return CoordinatorState(
-        meta["round"],
+        rnd,
         theta,
         opt,
-        meta["history"],
-        meta["config"],
+        history,
+        config,
         replicas,
         meta.get("audit_head", ""),
         consensus,

@@ -10,6 +10,8 @@ benchmarks all call ``apply_round``, so a replay runs the very same code as the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from baps_fed.federation.aggregation import (
@@ -44,8 +46,12 @@ class RoundAggregator:
         malicious: int = 1,
         consensus: SiteReplica | None = None,
         equal_weights: bool = False,
+        min_updates: int = 1,
     ) -> None:
         self.optimizer = optimizer
+        # the run's min-sites: fewer accepted updates are not aggregated, so that the global
+        # decoder never moves by one site's update alone (which every other site would see)
+        self.min_updates = min_updates
         self.theta = np.asarray(theta, np.float32)
         self.train_cfg = cfg = train_cfg or FedTrainConfig()
         self.aggregation, self.trim, self.malicious = aggregation, trim, malicious
@@ -112,9 +118,12 @@ class RoundAggregator:
             return None
         return update
 
-    def apply_round(self, server_round: int, uploads: list[SiteUpload]) -> bool:
+    def apply_round(
+        self, server_round: int, uploads: list[SiteUpload], failed: Sequence[str] = ()
+    ) -> bool:
         """Updates from the round's uploads (replayed where they are scalars), the guard, the
-        aggregation and the server step; False when no update was usable."""
+        aggregation and the server step; False when fewer than ``min_updates`` were usable
+        (``failed``: the sites that replied with an error or not at all, for the report)."""
         updates, weights, scalars = [], [], []
         for up in uploads:
             update = self.update_of(up, server_round)
@@ -134,7 +143,9 @@ class RoundAggregator:
             weights.append(1.0 if self.equal_weights else float(metrics["num-examples"]))
             if self.aggregation in SCALAR_AGGREGATIONS:
                 scalars.append(unpack_scalars(up.arrays["scalars"].tobytes()))
-        if not updates:
+        if len(updates) < self.min_updates:
+            if updates:
+                self._too_few(uploads, failed)
             return False
         if self.aggregation in SCALAR_AGGREGATIONS:
             combined = self._consensus_update(server_round, scalars)
@@ -144,6 +155,16 @@ class RoundAggregator:
             )
         self.theta = self.optimizer.step(self.theta, combined)
         return True
+
+    def _too_few(self, uploads: list[SiteUpload], failed: Sequence[str]) -> None:
+        usable = sorted(self.site_train)
+        lost = sorted((set(failed) | {u.site for u in uploads}) - set(usable))
+        self.failures.append(
+            f"min-sites not met: {len(usable)} usable update{'s' * (len(usable) != 1)} "
+            f"({', '.join(usable)}) of the {self.min_updates} needed (failed or rejected: "
+            f"{', '.join(lost) or 'none'}); the round was not aggregated, the global decoder "
+            "is unchanged"
+        )
 
     def _consensus_update(
         self, server_round: int, uploads: list[tuple[float, np.ndarray]]

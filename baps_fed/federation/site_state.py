@@ -110,10 +110,13 @@ class SiteStateStore:
         return (self._load(done[-1]) if done else None) or SiteState()
 
     def save(self, server_round: int, state: SiteState) -> None:
+        """Keep this round's state and the newest one before it: the round may be sent again
+        (``before``), and a site that missed rounds trained it from an older round than the
+        one just before it. Older states are deleted."""
         save_site_state(state_path(self.dir, self.key, server_round), state)
-        for r in self._rounds():  # the round before is kept: a re-sent round starts there
-            if r < server_round - 1:
-                state_path(self.dir, self.key, r).unlink(missing_ok=True)
+        earlier = [r for r in self._rounds() if r < server_round]
+        for r in earlier[:-1]:
+            state_path(self.dir, self.key, r).unlink(missing_ok=True)
 
 
 def save_site_state(path: Path, state: SiteState) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 
 from baps_fed.data.sample import DatasetError
-from baps_fed.federation.contract import PrivacyBudgetExhausted
+from baps_fed.federation.audit import audit_run
+from baps_fed.federation.checkpoint import load_checkpoint
+from baps_fed.federation.contract import FedTrainConfig, PrivacyBudgetExhausted, initial_theta
 from baps_fed.federation.site_errors import (
     ERROR_KINDS,
     describe_error,
@@ -24,7 +27,8 @@ from baps_fed.flat_config import ConfigKeyError
 from baps_fed.fm.errors import QueryBudgetExceeded
 from baps_fed.fm.service.errors import FMAuthError, FMUnavailable
 from baps_fed.fm.tiny import save_tiny_weights
-from coordinator.app import run_rounds
+from coordinator.app import RunRefused, run_rounds
+from coordinator.app import main as coordinator_main
 from sites.app import app as client_app
 from sites.outbox import OutboxViolation, outbox_guard
 from tests.conftest import SMALL_ARCH
@@ -146,3 +150,40 @@ def test_a_planted_patient_name_never_reaches_the_coordinator(tmp_path, small_sa
     for path in out.rglob("*"):
         if path.is_file() and path.suffix in (".md", ".json", ".csv", ".jsonl"):
             assert PATIENT not in path.read_text(errors="replace"), path
+
+
+def test_an_error_reply_does_not_count_towards_min_sites(tmp_path, small_sam, capsys):
+    """min-sites 2, one site failing every round: no round is aggregated from the other's update
+    alone; each round says which site failed and that min-sites was not met, and the run
+    ends as failed."""
+    weights = tmp_path / "fm.pt"
+    save_tiny_weights(weights, small_sam, SMALL_ARCH, {})
+    sites = [
+        {"data": "fundus", "site-name": "a", "n": 16, "seed": 1, "fm": f"tiny:{weights}"},
+        {"data": str(tmp_path / "missing"), "site-name": "b", "fm": f"tiny:{weights}"},
+    ]
+    out = tmp_path / "run"
+    run_config = {
+        "rounds": 2, "min-sites": 2, "local-steps": 1, "batch-size": 2, "sp-avg": 2,
+        "out-dir": str(out), "sites": json.dumps(sites),
+    }  # fmt: skip
+    grid = LoopbackGrid(client_app, {11: {"partition-id": 0}, 12: {"partition-id": 1}}, run_config)
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    with pytest.raises(RunRefused, match="none of its 2 rounds had the 2 usable updates"):
+        coordinator_main(grid, context)
+    state = load_checkpoint(out)
+    theta0 = initial_theta(FedTrainConfig.from_flat(run_config))
+    np.testing.assert_array_equal(state.theta, theta0)  # never moved by a's update alone
+    not_met = (
+        "min-sites not met: 1 usable update (a) of the 2 needed (failed or rejected: b); the "
+        "round was not aggregated, the global decoder is unchanged"
+    )
+    for entry in state.history:
+        assert set(entry["train"]) == {"a"} and entry["aggregate"] == {}
+        assert any(f.startswith("train b: data: ") for f in entry["failures"])
+        assert not_met in entry["failures"]
+    assert f"  round 2, {not_met}" in capsys.readouterr().out
+    assert f"- round 1, {not_met}" in (out / "report.md").read_text()
+    assert audit_run(out).ok  # the replay skips the same rounds

@@ -9,7 +9,7 @@ import stat
 
 import numpy as np
 import pytest
-from flwr.app import Context, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 
 from baps_fed.federation.site_state import SiteState, SiteStateStore, state_path
 from baps_fed.fm.tiny import save_tiny_weights
@@ -97,3 +97,63 @@ def test_a_round_sent_again_trains_from_before_it_and_its_epsilon_stays_spent(tm
     assert np.array_equal(again.private, after[2].private)  # trained as the first time
     assert again.privacy == [(1.0, 0.1, 24)]  # but round 3's release stays spent
     assert len(list(tmp_path.iterdir())) == 2  # rounds 2 and 3 kept, older ones dropped
+
+
+def test_a_round_resent_after_a_missed_one_trains_from_the_newest_state_before_it(tmp_path):
+    store = SiteStateStore(tmp_path, "0123456789abcdef")
+    after = {r: SiteState(private=np.full(2, r, np.float32), privacy=[(1.0, 0.1, 8 * r)])
+             for r in (1, 3, 4, 6)}  # fmt: skip
+    store.save(1, after[1])  # the site misses round 2, trains round 3
+    store.save(3, after[3])
+    again = store.before(3)  # the coordinator died before checkpointing round 3
+    assert np.array_equal(again.private, after[1].private)  # not a fresh state
+    assert again.privacy == after[3].privacy  # round 3's release stays spent
+    store.save(4, after[4])
+    store.save(6, after[6])  # round 5 missed too
+    assert np.array_equal(store.before(6).private, after[4].private)
+    assert sorted(p.name[-9:-4] for p in tmp_path.iterdir()) == ["00004", "00006"]  # bounded
+
+
+class _CoordinatorKilled(Exception):
+    pass
+
+
+def _b_misses_round_2(grid: LoopbackGrid, kill_in_round: int | None = None) -> None:
+    """Site b (node 12) is killed as round 2's train message reaches it and restarted (an empty
+    memory) for round 3; with ``kill_in_round``, the coordinator dies once that round's sites
+    have trained, before it checkpoints the round."""
+
+    def on_deliver(msg: Message) -> None:
+        rnd = int(msg.content["config"]["server-round"])
+        train = msg.metadata.message_type == MessageType.TRAIN
+        if train and rnd == 2 and msg.metadata.dst_node_id == 12:
+            grid.down.add(12)
+        elif not train and rnd == 2 and 12 in grid.down:
+            grid.down.discard(12)
+            grid.contexts[12].state = RecordDict()
+        elif not train and rnd == kill_in_round:
+            raise _CoordinatorKilled
+
+    grid.on_deliver = on_deliver
+
+
+def test_a_site_that_missed_a_round_continues_when_the_next_round_is_resent(federation, tmp_path):
+    """The issue's scenario: b misses round 2, trains round 3; the coordinator is killed before
+    checkpointing round 3, resumed, and sends round 3 again to restarted sites."""
+    grid, context = federation(3, tmp_path / "whole", tmp_path / "whole-sites")
+    _b_misses_round_2(grid)
+    whole = run_rounds(grid, context)
+    grid, context = federation(3, tmp_path / "cut", tmp_path / "cut-sites")
+    _b_misses_round_2(grid, kill_in_round=3)
+    with pytest.raises(_CoordinatorKilled):
+        run_rounds(grid, context)
+    resumed = run_rounds(*federation(3, tmp_path / "cut", tmp_path / "cut-sites", resume=True))
+    assert [sorted(e["train"]) for e in whole.history] == [["a", "b"], ["a"], ["a", "b"]]
+    np.testing.assert_array_equal(resumed.theta, whole.theta)
+    assert resumed.history[2]["train"]["b"]["spsa-step"] == 2  # round 1's 2 steps, not 0
+    for site in ("a", "b"):  # the resent round trained as the first time (its loss too)
+        again, first = (
+            {k: v for k, v in run.history[2]["train"][site].items() if k != "seconds"}
+            for run in (resumed, whole)
+        )
+        assert again == first

@@ -104,7 +104,7 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
         settings = CoordinatorSettings(
             folder=tmp_path / "coordinator", certs=certs,
             node_keys=[certs / "nodes" / f"hospital-{x}.pub" for x in "abc"],
-            port=port, run_config={"rounds": 2, "min-sites": 3, "round-timeout": 240.0, **RUN},
+            port=port, run_config={"rounds": 2, "min-sites": 2, "round-timeout": 240.0, **RUN},
         )  # fmt: skip
         thread, result = _run_in_thread(settings, group)
         # sites connect once their keys are registered (the run is submitted right after)
@@ -128,10 +128,13 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
     assert state.round == 2
     assert not np.array_equal(state.theta, initial_theta(FedTrainConfig.from_flat(RUN)))
     history = json.loads((tmp_path / "coordinator" / "rounds.json").read_text())["history"]
+    # round 1 may start before all three sites are connected (min-sites 2; hospital-c's error
+    # replies do not count towards it), by round 2 they are
     for entry in history:
-        assert set(entry["train"]) == {"hospital-a", "hospital-b"}  # never the intruder
+        assert set(entry["train"]) <= {"hospital-a", "hospital-b"}  # never the intruder
         for m in entry["train"].values():
             assert m["num-examples"] > 0 and m["fm-queries"] == 1 * 2 * 2 * 2
+    assert set(history[1]["train"]) == {"hospital-a", "hospital-b"}
     assert set(history[1]["evaluate"]) == {"hospital-a", "hospital-b"}
     log = (tmp_path / "intruder" / "supernode.log").read_text()
     assert "intruder" not in json.dumps(history)
@@ -141,11 +144,11 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
     assert (tmp_path / "coordinator" / "gateway.log").is_file()
     # hospital-c's errors reached the coordinator as a kind and a reference, nothing more,
     # named by its name in one line (rounds.json, report.md), never by a Flower node id
-    assert any("data: the site's data could not be read" in f for f in history[0]["failures"])
-    assert any(f.startswith("train hospital-c: data: ") for f in history[0]["failures"])
+    assert any("data: the site's data could not be read" in f for f in history[1]["failures"])
+    assert any(f.startswith("train hospital-c: data: ") for f in history[1]["failures"])
     assert not re.search(r"node \d", json.dumps(history))
     report = (tmp_path / "coordinator" / "report.md").read_text()
-    assert "- round 1, train hospital-c: data: the site's data could not be read" in report
+    assert "- round 2, train hospital-c: data: the site's data could not be read" in report
     for path in (tmp_path / "coordinator").rglob("*"):
         if path.is_file():
             assert PATIENT.encode() not in path.read_bytes(), path
