@@ -6,7 +6,8 @@
 - ``nodes/NAME`` + ``nodes/NAME.pub``: one ECDSA P-384 key pair per hospital in OpenSSH format,
   what Flower's node authentication expects (``flower-supernode --auth-supernode-private-key``,
   ``flwr supernode register NAME.pub``). Each hospital gets its private key and ``ca.crt``.
-Private keys are written with mode 0600. Existing files are never overwritten.
+Every file is written with mode 0600 in folders of mode 0700 (this account's alone: copy
+each hospital its two files). Existing files are never overwritten.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from baps_fed.launch.private_files import private_dir
 
-def _write(path: Path, data: bytes, private: bool = False) -> None:
+
+def _write(path: Path, data: bytes) -> None:
     if path.exists():
         raise FileExistsError(f"{path} exists; certs never overwrites keys (use a new folder)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
@@ -56,9 +59,29 @@ def make_pilot_certs(out: Path, hosts: list[str], nodes: list[str], days: int = 
     for n in nodes:
         if not n.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"node name {n!r}: use letters, digits, '-' and '_' only")
+    files = make_server_certs(out, hosts, days)
+    for node in nodes:
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        _write(out / "nodes" / node, private)
+        _write(out / "nodes" / f"{node}.pub", public + f" {node}\n".encode())
+        files += [out / "nodes" / node, out / "nodes" / f"{node}.pub"]
+    return files
+
+
+def make_server_certs(out: Path, hosts: list[str], days: int = 365) -> list[Path]:
+    """Write a private CA and a server certificate (and their keys) valid for ``hosts``,
+    localhost and 127.0.0.1; returns the files (``ca.crt``, ``ca.key``, ``server.crt``,
+    ``server.key``)."""
     now = dt.datetime.now(dt.UTC)
     until = now + dt.timedelta(days=days)
-
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "baps-fed pilot CA")])
     ca = (
@@ -103,25 +126,12 @@ def make_pilot_certs(out: Path, hosts: list[str], nodes: list[str], days: int = 
         .sign(ca_key, hashes.SHA384())
     )
     files = []
-    for name, data, private in [
-        ("ca.crt", ca.public_bytes(serialization.Encoding.PEM), False),
-        ("ca.key", _pem_key(ca_key), True),
-        ("server.crt", server.public_bytes(serialization.Encoding.PEM), False),
-        ("server.key", _pem_key(server_key), True),
+    for name, data in [
+        ("ca.crt", ca.public_bytes(serialization.Encoding.PEM)),
+        ("ca.key", _pem_key(ca_key)),
+        ("server.crt", server.public_bytes(serialization.Encoding.PEM)),
+        ("server.key", _pem_key(server_key)),
     ]:
-        _write(out / name, data, private)
+        _write(out / name, data)
         files.append(out / name)
-    for node in nodes:
-        key = ec.generate_private_key(ec.SECP384R1())
-        private = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        public = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        _write(out / "nodes" / node, private, private=True)
-        _write(out / "nodes" / f"{node}.pub", public + f" {node}\n".encode())
-        files += [out / "nodes" / node, out / "nodes" / f"{node}.pub"]
     return files

@@ -3,7 +3,9 @@ on Flower's deployment engine (SuperLink at the coordinator, one SuperNode per h
 
 The coordinator starts a SuperLink (TLS and node authentication by default; a persistent state
 database in its folder), registers the hospitals' public keys, submits this app with
-``flwr run`` and streams its progress; the report lands in the same folder. A site
+``flwr run`` and streams its progress; the report lands in the same folder. Its SuperLink
+answers the coordinator's own account only (``coordinator/superlink.py``), its public port is
+the Fleet gateway (``fleet_gateway``), and its folder is private (0700/0600). A site
 (``baps_fed.launch.site``) starts a SuperNode with its node config (data path, FM spec, name):
 its data never leaves it.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from baps_fed.federation.checkpoint import load_checkpoint
 from baps_fed.launch.flower_cli import (
     CONNECTION,
     TlsFiles,
@@ -22,6 +25,7 @@ from baps_fed.launch.flower_cli import (
     start_superlink,
     write_connection,
 )
+from baps_fed.launch.private_files import private_dir
 from baps_fed.launch.processes import ProcessGroup, free_port
 
 
@@ -63,13 +67,16 @@ def register_nodes(home: Path, keys: list[Path]) -> None:
 
 
 def run_coordinator(s: CoordinatorSettings, group: ProcessGroup | None = None) -> int:
-    """Start the SuperLink, register nodes, run the app to its end; returns flwr run's status."""
+    """Start the SuperLink, register nodes, run the app to its end; returns flwr run's status.
+    The run folder and all in it are this account's only (0700/0600); so is the SuperLink."""
     tls = tls_files(s.certs) if s.certs is not None else None
     if tls is None and s.node_auth:
         raise ValueError(
             "node authentication needs TLS: give --certs, or --insecure --no-node-auth"
         )
-    s.folder.mkdir(parents=True, exist_ok=True)
+    if s.run_config.get("resume"):  # a damaged checkpoint, said before anything starts
+        load_checkpoint(s.folder)
+    private_dir(s.folder)
     home = s.folder / "flwr_home"
     own = group is None
     group = group or ProcessGroup()
@@ -78,6 +85,7 @@ def run_coordinator(s: CoordinatorSettings, group: ProcessGroup | None = None) -
         address = start_superlink(
             group, home, free_port(), s.folder / "superlink.log", simulation=False,
             database=s.folder / "superlink.db", tls=tls, node_auth=s.node_auth,
+            private=s.folder / "private",
         )  # fmt: skip
         start_fleet_gateway(group, address, s.host, s.port, tls, s.folder / "gateway.log")
         write_connection(home, address, tls.ca_cert if tls else None)

@@ -11,6 +11,7 @@ import difflib
 import importlib.util
 import os
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,12 @@ from pathlib import Path
 
 import tomli_w
 
+from baps_fed.launch.private_files import (
+    PRIVATE_UMASK,
+    open_private_log,
+    private_dir,
+    write_private,
+)
 from baps_fed.launch.processes import (
     ProcessGroup,
     child_options,
@@ -53,14 +60,14 @@ class TlsFiles:
 
 
 def write_connection(home: Path, address: str, ca_cert: Path | None) -> None:
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     conn: dict = {"address": address}
     if ca_cert is None:
         conn["insecure"] = True
     else:
         conn["root-certificates"] = str(ca_cert.resolve())
     config = {"superlink": {"default": CONNECTION, CONNECTION: conn}}
-    (home / "config.toml").write_text(tomli_w.dumps(config))
+    write_private(home / "config.toml", tomli_w.dumps(config))
 
 
 def start_superlink(
@@ -74,10 +81,17 @@ def start_superlink(
     node_auth: bool = False,
     host: str = "127.0.0.1",
     timeout_s: float = 60.0,
+    private: Path | None = None,
 ) -> str:
-    """Start a SuperLink and wait until its HTTP API answers; returns its address."""
+    """Start a SuperLink and wait until its HTTP API answers; returns its address. With a
+    ``private`` folder (the coordinator's): one that answers this account only, whose
+    SuperExec hands each task its token in a file there (``start_superexec``)."""
     require_free_port(host, port)
-    cmd = [str(Path(sys.executable).parent / "flower-superlink")]
+    if private is None:
+        cmd = [str(Path(sys.executable).parent / "flower-superlink")]
+    else:  # flower-superlink's arguments, served behind coordinator/superlink.py's guard
+        cmd = [sys.executable, "-m", "coordinator.superlink", "--isolation", "process"]
+        cmd += ["--superexec-auth-secret-file", str(_superexec_secret(private))]
     cmd += ["--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
     if simulation:
         cmd.append("--simulation")
@@ -99,7 +113,31 @@ def start_superlink(
     scheme = "http" if tls is None else "https"
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1") else host
     wait_http_ok(f"{scheme}://{probe_host}:{port}/health", proc, timeout_s, log)
-    return f"{probe_host}:{port}"
+    address = f"{probe_host}:{port}"
+    if private is not None:
+        start_superexec(group, home, address, tls, private, log)
+    return address
+
+
+TOKEN_DIR_ENV = "BAPS_FED_TOKEN_DIR"  # where coordinator/superexec.py writes task tokens
+
+
+def _superexec_secret(private: Path) -> Path:
+    """A fresh shared secret (0600): Flower's SuperLink then hands tasks (and their tokens)
+    only to a SuperExec that signs its requests with it."""
+    return write_private(private_dir(private) / "superexec.secret", secrets.token_bytes(32))
+
+
+def start_superexec(
+    group: ProcessGroup, home: Path, address: str, tls: TlsFiles | None, private: Path, log: Path
+) -> None:
+    """The SuperExec that starts the ServerApp for each run (``coordinator/superexec.py``),
+    signing with ``private``'s secret; the tokens go to files in ``private/tokens``."""
+    cmd = [sys.executable, "-m", "coordinator.superexec", "--runtime-api-address", address]
+    cmd += ["--insecure"] if tls is None else ["--root-certificates", str(tls.ca_cert)]
+    cmd += ["--superexec-auth-secret-file", str(private / "superexec.secret")]
+    env = {**flower_env(home), TOKEN_DIR_ENV: str(private_dir(private / "tokens"))}
+    group.start("superexec", cmd, env, log)
 
 
 def start_fleet_gateway(
@@ -129,8 +167,9 @@ def flwr(home: Path, args: Sequence[str], timeout_s: float = 120.0) -> subproces
     """A short ``flwr`` CLI command (register a node, list runs) with our FLWR_HOME."""
     cmd = [str(Path(sys.executable).parent / "flwr"), *args]
     return subprocess.run(
-        cmd, env=flower_env(home), capture_output=True, text=True, timeout=timeout_s
-    )
+        cmd, env=flower_env(home), capture_output=True, text=True, timeout=timeout_s,
+        umask=PRIVATE_UMASK,
+    )  # fmt: skip
 
 
 def flwr_run(
@@ -147,8 +186,7 @@ def flwr_run(
     when the ServerApp refused the run (Flower's CLI exits 0 then). When the SuperLink refuses
     the run config (Flower says only "Invalid run configuration"), the key it names in
     ``superlink_log`` is said too, with the closest valid one."""
-    overrides = log.with_name("run_config.toml")
-    overrides.write_text(tomli_w.dumps(run_config))
+    overrides = write_private(log.with_name("run_config.toml"), tomli_w.dumps(run_config))
     cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(app_dir()), CONNECTION]
     cmd += ["--stream", "--run-config", str(overrides)]
     if federation_config:
@@ -165,7 +203,7 @@ def flwr_run(
     from baps_fed.federation.coordinator_config import REFUSAL
 
     refused = app_refused = False
-    with open(log, "a") as f:
+    with open_private_log(log, text=True) as f:
         assert proc.stdout is not None
         for line in proc.stdout:
             f.write(line)

@@ -5,6 +5,7 @@ every descendant it started (Flower's SuperExec, ServerApp, simulation and Ray w
 PID, never by a name pattern. ``ProcessGroup`` is a context manager, so an error or Ctrl-C
 in the caller still stops everything; and on Linux each process is told to stop when the one
 that started it dies, SIGKILL included (``die_with_parent``), so none is left running headless.
+Each starts with umask 0o077: what it and its own children write is this account's alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from baps_fed.launch.private_files import PRIVATE_UMASK, open_private_log
+
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -33,8 +36,9 @@ def die_with_parent() -> None:
 
 
 def child_options() -> dict:
-    """Popen options of every process we start: its own session, and it dies with us."""
-    options: dict = {"start_new_session": True}
+    """Popen options of every process we start: its own session, private files, and it dies
+    with us."""
+    options: dict = {"start_new_session": True, "umask": PRIVATE_UMASK}
     if sys.platform.startswith("linux"):
         options["preexec_fn"] = die_with_parent
     return options
@@ -92,7 +96,7 @@ class ProcessGroup:
     ) -> subprocess.Popen:
         """Start ``cmd``; its output goes to ``log``, or to our own terminal (``inherit``), or
         nowhere."""
-        out = open(log, "ab") if log else None if inherit else subprocess.DEVNULL  # noqa: SIM115
+        out = open_private_log(log) if log else None if inherit else subprocess.DEVNULL
         try:
             err = subprocess.STDOUT if out is not None else None
             proc = subprocess.Popen(list(cmd), env=env, stdout=out, stderr=err, **child_options())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from baps_fed.federation.worker_address import (
     private_socket_address,
     socket_path,
 )
+from baps_fed.launch.private_files import private_dir, write_private
 from baps_fed.launch.processes import ProcessGroup, flower_env, free_port
 from baps_fed.launch.site_terminal import LogWatcher, SiteTerminal
 
@@ -48,11 +50,39 @@ class SiteSettings:
         return str(self.node_config.get("site-name", "site"))
 
 
+def check_site_files(ca_cert: Path | None, private_key: Path | None) -> None:
+    """``--ca`` is a readable file of PEM certificates (as Flower's SuperNode loads it) and
+    ``--key`` a readable file: said in one line before anything loads, not after the FM and
+    the data (a CA that is no certificate left the SuperNode hanging silently)."""
+    if ca_cert is not None:
+        data = _readable(ca_cert, "--ca", "the coordinator's CA certificate (ca.crt)")
+        try:
+            ssl.create_default_context().load_verify_locations(cadata=data.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as err:
+            # OpenSSL's reason, e.g. "no start line: cadata does not contain a certificate"
+            why = str(err).split(" (_ssl.c")[0] if isinstance(err, ssl.SSLError) else "not text"
+            raise ValueError(
+                f"--ca {ca_cert}: not a PEM certificate ({why}): give the coordinator's ca.crt "
+                "(made by baps-fed certs)"
+            ) from None
+    if private_key is not None:
+        _readable(private_key, "--key", "this hospital's private node key (nodes/NAME)")
+
+
+def _readable(path: Path, flag: str, what: str) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file; give {what}")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise OSError(f"{flag} {path}: cannot be read ({err.strerror}); give {what}") from None
+
+
 def start_site(s: SiteSettings, group: ProcessGroup) -> subprocess.Popen:
-    """Start the hospital's SuperNode in ``group``; returns its process."""
-    s.folder.mkdir(parents=True, exist_ok=True)
-    node_config = s.folder / "node_config.toml"
-    node_config.write_text(tomli_w.dumps(s.node_config))
+    """Start the hospital's SuperNode in ``group``; returns its process. Its folder, node
+    config (it names the data) and log are this account's only."""
+    private_dir(s.folder)
+    node_config = write_private(s.folder / "node_config.toml", tomli_w.dumps(s.node_config))
     cmd = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", s.superlink]
     if s.ca_cert is None:
         cmd.append("--insecure")
@@ -102,7 +132,13 @@ def supervise_site(
             group.forget(proc)
             terminal.say("the run has ended; exiting (pass --stay to wait for the next run)")
             return 0
-        if not watcher.not_registered:
+        if status == _SUPERNODE_FAILED:  # it has given up but its process lingers
+            group.stop_one(proc)
+            group.forget(proc)
+            if not watcher.not_registered:
+                terminal.say(f"its SuperNode failed and hung, so it was stopped: {watcher.tail()}")
+                return 1
+        elif not watcher.not_registered:
             terminal.supernode_ended(status, watcher.tail())
             return status
         terminal.say(
@@ -120,6 +156,8 @@ _END_GRACE_S = 120.0
 
 
 _WORKER_FAILED = -1000  # _watch: the site's own process ended with an error
+_SUPERNODE_FAILED = -1001  # _watch: the SuperNode's log says it has failed, yet it runs on
+_HANG_GRACE_S = 10.0  # how long a SuperNode that has failed may take to exit by itself
 
 
 def _watch(
@@ -130,10 +168,11 @@ def _watch(
     worker: subprocess.Popen | None,
     marker: Path | None,
 ) -> int | None:
-    """The SuperNode's exit status, ``_WORKER_FAILED``, or None once the run has ended (the
-    site's process wrote ``marker``) and its coordinator has gone (or ``_END_GRACE_S``
-    passed)."""
-    ended_at: float | None = None
+    """The SuperNode's exit status, ``_WORKER_FAILED``, ``_SUPERNODE_FAILED`` (Flower's
+    SuperNode can fail, an SSL error say, and hang instead of exiting), or None once the run
+    has ended (the site's process wrote ``marker``) and its coordinator has gone (or
+    ``_END_GRACE_S`` passed)."""
+    ended_at = failed_at = None
     while True:
         if marker is not None and marker.exists():
             terminal.finished.set()  # before the log's news: the coordinator may go at once
@@ -141,6 +180,10 @@ def _watch(
         watcher.poll()
         if status is not None:
             return status
+        if watcher.failed:
+            failed_at = failed_at or time.monotonic()
+            if time.monotonic() - failed_at > _HANG_GRACE_S:
+                return _SUPERNODE_FAILED
         if worker is not None and worker.poll() is not None and not terminal.finished.is_set():
             return _WORKER_FAILED  # it ended before its run did
         if not stay and terminal.finished.is_set():
@@ -158,9 +201,8 @@ def run_site(s: SiteSettings, group: ProcessGroup) -> int:
     """The hospital's site: its own process (FM and data built once, there) and its
     SuperNode, whose per-message ClientApp relays to it."""
     terminal = SiteTerminal(s.name, s.superlink, tls=s.ca_cert is not None)
-    s.folder.mkdir(parents=True, exist_ok=True)
-    node_config = s.folder / "site_config.toml"
-    node_config.write_text(tomli_w.dumps(s.node_config))
+    private_dir(s.folder)
+    node_config = write_private(s.folder / "site_config.toml", tomli_w.dumps(s.node_config))
     address = private_socket_address()
     cmd = [sys.executable, "-m", "sites.worker", "--node-config", str(node_config),
            "--address", address]  # fmt: skip

@@ -15,8 +15,11 @@ import threading
 import time
 from pathlib import Path
 
-# Flower 1.42's SuperNode log lines (flwr/supernode, flwr/common/retry_invoker.py)
-CONNECTED = "Connection successful"
+# Flower 1.42's SuperNode log lines (flwr/supernode, flwr/supercore/retry/http_retry.py)
+ACTIVATED = "SuperNode ID:"  # logged once the SuperLink has accepted the node: connected
+CONNECTED = "Connection successful"  # logged only after failed tries: a reconnection
+ENDED = "SuperNode terminated gracefully"  # its main loop has ended (the process may hang)
+SSL_ERROR = "ssl.SSLError:"  # the last line of the traceback of a TLS setup that failed
 CONNECTION_FAILED = "Connection attempt failed"
 NOT_REGISTERED = "Failed to activate SuperNode"  # the SuperLink does not know this node's key
 TLS_FAILED = "SSL/TLS handshake error"
@@ -92,6 +95,8 @@ class LogWatcher:
         self.not_registered = False
         self.failures = 0  # connection attempts that failed
         self.cause = ""  # the diagnosed reason the SuperNode gave up, if any
+        self.connected = False  # the SuperLink has accepted the node
+        self.failed = False  # the SuperNode has given up (it may not exit by itself)
         self._lines: list[str] = []
         self._failing_since: float | None = None
 
@@ -111,10 +116,24 @@ class LogWatcher:
         if not line:
             return
         self._lines = (self._lines + [line])[-12:]
-        if CONNECTED in line:
-            self._failing_since = None
+        if ACTIVATED in line:
+            self._failing_since, self.connected = None, True
             self.terminal.say(f"connected to the coordinator at {self.terminal.superlink}; "
                               "waiting for a run")  # fmt: skip
+        elif CONNECTED in line:
+            self._failing_since = None
+            if self.connected:  # the first connection is said with the node's ID
+                self.terminal.say(
+                    f"connected again to the coordinator at {self.terminal.superlink}"
+                )
+        elif line.startswith(SSL_ERROR):
+            self.failed = True
+            self.cause = (
+                f"its TLS setup failed ({line.removeprefix(SSL_ERROR).strip()}): check --ca, "
+                "it must be the coordinator's ca.crt"
+            )
+        elif ENDED in line:
+            self.failed = True
         elif CONNECTION_FAILED in line:
             self.failures += 1
             now = time.monotonic()

@@ -60,3 +60,36 @@ def test_a_sigkilled_coordinator_leaves_no_process_and_a_served_port_is_refused(
             first.wait(timeout=10)
         for p in _alive(started):
             p.kill()
+
+
+def test_a_damaged_checkpoint_is_refused_before_anything_starts(tmp_path):
+    """``--resume`` from a truncated checkpoint, or one whose decoder holds NaN: one line,
+    exit 2, before the SuperLink or ``flwr run`` start: run.log and superlink.db untouched."""
+    import numpy as np
+
+    from baps_fed.federation.checkpoint import CHECKPOINT, CoordinatorState, save_checkpoint
+
+    theta = np.zeros(72, np.float32)
+    for name, damage, said in [
+        ("truncated", lambda b: b[: len(b) // 2], "not a readable coordinator checkpoint"),
+        ("nan", None, "the checkpoint's decoder holds 3 non-finite values"),
+    ]:
+        out = tmp_path / name
+        state = CoordinatorState(1, theta.copy(), {}, [], {})
+        if damage is None:
+            state.theta[:3] = np.nan
+        path = save_checkpoint(out, state)
+        if damage is not None:
+            path.write_bytes(damage(path.read_bytes()))
+        (out / "run.log").write_text("round 1 ...\n")
+        (out / "superlink.db").write_bytes(b"the run's state")
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        done = subprocess.run(
+            [*_coordinator(out, free_port()), "--resume"], capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, done
+        assert done.stderr.strip().count("\n") == 0, done.stderr  # one line
+        assert f"{out / CHECKPOINT}: {said}" in done.stderr
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing appended
+        assert "Fleet API on" not in done.stdout  # no SuperLink, no gateway, no flwr run

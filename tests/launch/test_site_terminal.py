@@ -13,8 +13,10 @@ import sys
 import threading
 from pathlib import Path
 
+from baps_fed.cli import main
 from baps_fed.launch.certs import make_pilot_certs
 from baps_fed.launch.processes import ProcessGroup, free_port
+from baps_fed.launch.site import SiteSettings, supervise_site
 from baps_fed.launch.site_terminal import (
     PLAIN_TO_TLS,
     TLS_TO_PLAIN,
@@ -55,8 +57,21 @@ def test_flowers_log_lines_become_causes(tmp_path):
     assert watcher.not_registered
     watcher, said = _watch(tmp_path, ["Connection attempt failed, retrying in 0.3 seconds"] * 3)
     assert said == ["connection failed"] and watcher.failures == 3  # said once, counted each
+    # connected: Flower says so only by logging the node's ID (its "Connection successful"
+    # comes only after failed tries, and before the node is accepted)
     watcher, said = _watch(tmp_path, ["Connection successful after 2.05 seconds and 3 tries."])
-    assert said and "connected to the coordinator" in said[0]
+    assert said == [] and not watcher.connected
+    watcher, said = _watch(tmp_path, ["SuperNode ID: 1319275125", "Connection successful af"])
+    assert said == [
+        "connected to the coordinator at 127.0.0.1:1; waiting for a run",
+        "connected again to the coordinator at 127.0.0.1:1",
+    ]
+    watcher, said = _watch(tmp_path, [
+        "Traceback (most recent call last):",
+        "ssl.SSLError: no start line: cadata does not contain a certificate (_ssl.c:4020)",
+        "SuperNode terminated gracefully.",
+    ])  # fmt: skip
+    assert watcher.failed and "its TLS setup failed (no start line" in watcher.tail()
     watcher, _ = _watch(tmp_path, ["Exit Code: 303", "Node authentication needs TLS."])
     assert "Exit Code: 303: Node authentication needs TLS." in watcher.tail()
 
@@ -83,6 +98,61 @@ def test_the_probe_tells_nothing_listening_from_tls_spoken_to_a_plain_site(tmp_p
         thread.start()
         assert probe(f"127.0.0.1:{server.getsockname()[1]}", tls=False) == PLAIN_TO_TLS
         thread.join(timeout=10)
+
+
+def test_a_ca_that_is_no_certificate_is_refused_before_anything_loads(tmp_path, capsys):
+    """``baps-fed site`` checks --ca (and --key) first: one line, exit 2, no FM or data
+    loaded (before, a CA that was no certificate left the site "ready" and silent)."""
+    not_a_cert = tmp_path / "ca.crt"
+    not_a_cert.write_text("this is not a certificate\n")
+    base = ["site", "--superlink", "127.0.0.1:1", "--name", "hospital-a", "--data", "fundus",
+            "--out", str(tmp_path / "site")]  # fmt: skip
+    # the real command, as typed
+    done = subprocess.run(
+        BAPS_FED + [*base, "--ca", str(not_a_cert)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done
+    assert done.stderr.strip().count("\n") == 0, done.stderr  # one line
+    assert f"--ca {not_a_cert}: not a PEM certificate (no start line" in done.stderr
+    assert "ready" not in done.stdout and "cannot start" not in done.stdout  # nothing loaded
+    make_pilot_certs(tmp_path / "certs", [], ["hospital-a"])
+    for flags, said in [
+        (["--ca", str(tmp_path / "no.crt")], f"--ca {tmp_path / 'no.crt'}: no such file"),
+        (["--ca", str(tmp_path / "certs" / "ca.crt"), "--key", str(tmp_path / "no-key")],
+         f"--key {tmp_path / 'no-key'}: no such file"),
+    ]:  # fmt: skip
+        assert main([*base, *flags]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.strip().count("\n") == 0, err
+
+
+def test_a_supernode_that_fails_on_tls_and_hangs_is_stopped_and_said(tmp_path):
+    """Flower's SuperNode given a CA that is no certificate logs ssl.SSLError and stays
+    alive; the site says why, stops it (by PID) and ends with a nonzero status."""
+    bad = tmp_path / "ca.crt"
+    bad.write_text("not a certificate\n")
+    said: list[str] = []
+    terminal = SiteTerminal("hospital-a", f"127.0.0.1:{free_port()}", tls=True)
+    terminal.say = said.append  # type: ignore[method-assign]
+    settings = SiteSettings(terminal.superlink, {"site-name": "hospital-a", "data": "fundus"},
+                            tmp_path / "site", ca_cert=bad)  # fmt: skip
+    result: dict = {}
+    with ProcessGroup() as group:
+        thread = threading.Thread(
+            target=lambda: result.update(status=supervise_site(settings, group, terminal=terminal)),
+            daemon=True,
+        )
+        thread.start()
+        thread.join(timeout=180)
+        assert not thread.is_alive(), "the site hung"
+        assert group.pids() == []  # its SuperNode was stopped
+    assert result["status"] != 0
+    assert any("its SuperNode failed and hung, so it was stopped: its TLS setup failed (no "
+               "start line" in line for line in said), said  # fmt: skip
+    # the site's folder, its node config (which names the data) and the SuperNode's log
+    folder = tmp_path / "site"
+    assert {"node_config.toml", "supernode.log"} <= {p.name for p in folder.iterdir()}
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [folder, *folder.rglob("*")])
 
 
 def _start(group: ProcessGroup, name: str, folder: Path, args: list[str]) -> subprocess.Popen:
@@ -145,6 +215,7 @@ def test_a_site_says_why_it_cannot_take_part_and_a_pilot_runs_to_its_end(tmp_pat
             assert re.search(rf"site {name}: round 2 trained: .* FM queries", said), said
             assert re.search(rf"site {name}: round 2 evaluated: Dice \d\.\d+", said), said
             assert f"site {name}: the run has ended; exiting" in said
+            assert f"site {name}: connected to the coordinator at 127.0.0.1:{port}" in said
         report = (tmp_path / "c" / "run" / "report.md").read_text()
         assert "hospital-a" in report and "hospital-b" in report
         assert "offline" not in _said(tmp_path / "c")  # every site's last reply arrived
