@@ -98,7 +98,8 @@ ALLOWED = {
     "method": {"fm", "data", "evaluation"},
     "single_site": {"fm", "data", "evaluation", "method", "flat_config"},
     "federation": {"fm", "data", "evaluation", "method", "flat_config"},
-    "launch": {"federation"},
+    "launch": {"federation", "fm"},
+    "privacy_audit": {"fm", "data", "evaluation", "method", "federation", "flat_config"},
 }
 
 

@@ -78,27 +78,54 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         f"{scenario.train.get('local-steps', 10)} local SPSA steps; run folder {out}",
         flush=True,
     )
-    server = None
+    service = None
     fm = args.fm
     try:
         if args.shared_fm:
-            from baps_fed.fm.service.server import FMServer, ServeConfig
-            from baps_fed.fm.spec import load_fm
-
-            server = FMServer(load_fm(args.fm or "tiny"), ServeConfig(host="127.0.0.1", port=0))
-            fm = f"grpc://127.0.0.1:{server.start()}"
-            print(f"shared FM service for all sites at {fm}", flush=True)
+            service = _start_shared_fm(args.fm or "tiny", scenario, out)
+            fm = service.specs
         status = run_simulation(scenario, out, fm=fm)
     finally:
-        if server is not None:
-            stats = server.stats()
-            server.stop()
-            print(
-                f"FM service: {stats.fm_calls} FM calls for {stats.requests} requests "
-                f"({stats.merged_calls} merged several sites' requests); stopped",
-                flush=True,
-            )
+        if service is not None:
+            service.stop()
+            _report_shared_fm(service, out)
     return _report_run("simulate", status, out)
+
+
+def _start_shared_fm(spec: str, scenario, out: Path):
+    from baps_fed.fm.spec import load_fm
+    from baps_fed.launch.shared_fm import start_shared_fm
+
+    sites = [s["name"] for s in scenario.sites]
+    service = start_shared_fm(load_fm(spec), sites, out / "fm_service")
+    port = service.server.port
+    print(
+        f"shared FM service ({spec}) for all {len(sites)} sites at 127.0.0.1:{port}: TLS, one "
+        f"token per site; metering in {service.metering}",
+        flush=True,
+    )
+    return service
+
+
+def _report_shared_fm(service, out: Path) -> None:
+    """The service's per-site metering beside what each site reported (they must agree)."""
+    from baps_fed.launch.private_files import write_private
+    from baps_fed.launch.shared_fm import site_counts
+
+    stats, billed = service.server.stats(), service.images_by_site()
+    rounds = out / "rounds.json"
+    reported = site_counts(rounds) if rounds.is_file() else {}
+    rows = {s: {"service": billed.get(s, 0), "site": reported.get(s)} for s in service.specs}
+    write_private(out / "fm_service_usage.json", json.dumps(rows, indent=2) + "\n")
+    print(
+        f"FM service: {stats.fm_calls} FM calls for {stats.requests} requests "
+        f"({stats.merged_calls} merged several sites' requests); stopped",
+        flush=True,
+    )
+    for site, row in rows.items():
+        agree = "" if row["site"] in (None, row["service"]) else "  <- DIFFERS"
+        print(f"  {site}: service billed {row['service']} images, site reported {row['site']}"
+              f"{agree}", flush=True)  # fmt: skip
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
@@ -161,7 +188,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
 def _cmd_site(args: argparse.Namespace) -> int:
     from baps_fed.launch.processes import ProcessGroup
-    from baps_fed.launch.site import SiteSettings, run_site
+    from baps_fed.launch.site import SiteSettings, check_site_files, run_site
 
     if args.insecure == (args.ca is not None):
         raise ValueError("give --ca ca.crt (the coordinator's CA) or --insecure")
@@ -169,6 +196,7 @@ def _cmd_site(args: argparse.Namespace) -> int:
         raise ValueError(
             "--key (node authentication) needs TLS: give --ca ca.crt instead of --insecure"
         )
+    check_site_files(args.ca, args.key)  # before the FM and the data load
     node_config = {"data": args.data, "site-name": args.name, "fm": args.fm}
     node_config.update({"n": args.n, "seed": args.seed, "scanner": args.scanner})
     node_config |= {"layout": args.layout, "subset": args.subset, "group-by": args.group_by}
@@ -235,7 +263,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shared-fm",
         action="store_true",
-        help="start one gRPC FM service that every site queries; stop it at the end",
+        help="serve --fm once over gRPC (TLS, a token per site) for every site; stop it at the "
+        "end and compare its metering with the sites' counts",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the run OUT holds")
     p.set_defaults(func=_cmd_simulate)
@@ -246,7 +275,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--hosts", nargs="*", default=[], help="coordinator host names/IPs for its certificate"
     )
-    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--days", type=int, default=365, help="how long the certificates are valid")
     p.set_defaults(func=_cmd_certs)
 
     p = sub.add_parser(
@@ -260,10 +289,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--register", type=Path, nargs="*", default=[], help="hospitals' public keys (NAME.pub)"
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all)")
-    p.add_argument("--port", type=int, default=9093)
-    p.add_argument("--rounds", type=int, default=coord.rounds)
+    p.add_argument("--port", type=int, default=9093, help="the public port sites connect to")
+    p.add_argument("--rounds", type=int, default=coord.rounds, help="federated rounds")
     p.add_argument("--min-sites", type=int, default=coord.min_sites, help="sites a round waits for")
-    p.add_argument("--local-steps", type=int)
+    p.add_argument(
+        "--local-steps",
+        type=int,
+        help="SPSA steps per site and round (default: the run config's local-steps)",
+    )
     p.add_argument("--round-timeout", type=float, help="seconds a round waits for replies")
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run the folder holds")
@@ -279,7 +312,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", type=Path, help="this hospital's private node key (nodes/NAME)")
     p.add_argument("--name", required=True, help="this hospital's name in reports")
     p.add_argument("--data", required=True, help="data folder or synthetic modality")
-    p.add_argument("--layout", default=site.layout)
+    p.add_argument(
+        "--layout",
+        default=site.layout,
+        help="the data folder's layout: auto (detected) | generic | isic2018 | kvasir | busi | "
+        "optic_disc (docs/data.md)",
+    )
     p.add_argument(
         "--subset",
         default=site.subset,
@@ -294,8 +332,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fm", default=site.fm, help="FM spec this site queries")
     p.add_argument("--n", type=int, default=site.n, help="synthetic cases")
-    p.add_argument("--seed", type=int, default=site.seed)
-    p.add_argument("--scanner", type=int, default=site.scanner)
+    p.add_argument("--seed", type=int, default=site.seed, help="seed of the synthetic cases")
+    p.add_argument(
+        "--scanner", type=int, default=site.scanner, help="synthetic data: the scanner profile"
+    )
     p.add_argument(
         "--dp-epsilon-budget",
         type=float,

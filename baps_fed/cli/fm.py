@@ -1,4 +1,5 @@
-"""``baps-fed fm serve``: an FM as a shared black-box service (flag defaults: ``ServeConfig``)."""
+"""``baps-fed fm serve | tokens``: an FM as a shared black-box service (flag defaults:
+``ServeConfig``), and a token per hospital for it."""
 
 from __future__ import annotations
 
@@ -29,6 +30,18 @@ def _cmd_fm_serve(args: argparse.Namespace) -> int:
     return serve(args.fm, config, device=args.device)
 
 
+def _cmd_fm_tokens(args: argparse.Namespace) -> int:
+    from baps_fed.launch.shared_fm import site_token_files
+
+    files = site_token_files(args.out, args.sites)
+    print(f"  {args.out / 'tokens.toml'}  (the service's: fm serve --tokens)")
+    for site, path in files.items():
+        print(
+            f"  {path}  (give it to {site}: --fm 'grpc://HOST:PORT?tls_ca=ca.crt&token_file=...')"
+        )
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     fm = sub.add_parser("fm", help="the foundation model as a shared service")
     fm_sub = fm.add_subparsers(dest="fm_command", required=True)
@@ -52,7 +65,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "(see baps_fed/fm/service/tokens.py); without it the service is open",
     )
     p.add_argument("--metering", type=Path, help="per-client usage JSON (read back at start)")
-    p.add_argument("--metering-interval-s", type=float, default=ServeConfig.metering_interval_s)
+    p.add_argument(
+        "--metering-interval-s",
+        type=float,
+        default=ServeConfig.metering_interval_s,
+        help="--metering is written on each answered request and at least every this many "
+        "seconds (the service's statistics)",
+    )
     p.add_argument(
         "--max-message-mb",
         type=float,
@@ -78,3 +97,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--grace-s", type=float, default=ServeConfig.grace_s, help="drain time at shutdown"
     )
     p.set_defaults(func=_cmd_fm_serve)
+
+    p = fm_sub.add_parser(
+        "tokens",
+        help="a random token per hospital for fm serve --tokens (0600 files, one each)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for tokens.toml and tokens/")
+    p.add_argument("sites", nargs="+", help="the hospitals' names (their names in metering)")
+    p.set_defaults(func=_cmd_fm_tokens)

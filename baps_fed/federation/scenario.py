@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from baps_fed.flat_config import check_keys, flat_keys, values_from_flat
 SCENARIO_SITE_KEYS = flat_keys(SiteSpec) | {"name", "data"}
 # [[site]] keys that say how a data folder is read: they mean nothing to a synthetic site
 _FOLDER_KEYS = {"layout", "subset", "group-by", "group_by"}
+# the FM of a run's sites: one spec for all, one per site name, or None (each site's own)
+SiteFMs = str | Mapping[str, str] | None
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "simulations/scenarios/default.toml"
 
 
@@ -92,7 +95,7 @@ class Scenario:
             for s in self.sites
         ]  # fmt: skip
 
-    def check(self, out: Path, fm: str | None) -> None:
+    def check(self, out: Path, fm: SiteFMs) -> None:
         """Every setting of the run it makes, validated as the coordinator and the sites will
         (a zero count or a bad value fails here, before any process starts)."""
         config = self.run_config(out, fm)
@@ -101,12 +104,15 @@ class Scenario:
             spec = spec_from_flat(site, f"site{i}", where=f"the scenario's site {i + 1}")
             site_prompt_config(train, spec)  # a box habit the run's prompts cannot use
 
-    def node_configs(self, fm: str | None = None) -> list[dict[str, Any]]:
-        """The sites' node configs, as a SuperNode would get them (the name is "site-name")."""
+    def node_configs(self, fm: SiteFMs = None) -> list[dict[str, Any]]:
+        """The sites' node configs, as a SuperNode would get them (the name is "site-name");
+        ``fm``: one FM spec for every site, or one per site name (a shared service's)."""
         sites = [{("site-name" if k == "name" else k): v for k, v in s.items()} for s in self.sites]
+        if isinstance(fm, Mapping):
+            return [dict(s, fm=fm[s["site-name"]]) for s in sites]
         return [dict(s, fm=fm) for s in sites] if fm else sites
 
-    def run_config(self, out: Path, fm: str | None) -> dict[str, Any]:
+    def run_config(self, out: Path, fm: SiteFMs) -> dict[str, Any]:
         sites = self.node_configs(fm)
         min_sites = min(int(dashed(self.coordinator).get("min-sites", len(sites))), len(sites))
         return {

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from baps_fed.federation.scenario import Scenario
+from baps_fed.federation.scenario import Scenario, SiteFMs
 from baps_fed.launch.flower_cli import flwr_run, start_superlink, write_connection
 from baps_fed.launch.processes import ProcessGroup, free_port
 
 
 def run_simulation(
-    scenario: Scenario, out: Path, fm: str | None = None, cpus_per_site: int = 1
+    scenario: Scenario, out: Path, fm: SiteFMs = None, cpus_per_site: int = 1
 ) -> int:
     """Run the scenario; returns flwr run's exit status. Everything started is stopped."""
     out.mkdir(parents=True, exist_ok=True)

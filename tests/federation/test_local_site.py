@@ -61,3 +61,12 @@ def test_a_global_decoder_of_another_size_is_refused(small_sam):
     with pytest.raises(ValueError, match="disagree on the decoder preset"):
         site.train_round(np.zeros(5, np.float32), 1, None)
     assert initial_theta(site.cfg).size == site.decoder.num_params
+
+
+def test_a_run_image_size_its_cases_do_not_have_is_refused_naming_the_site(small_sam):
+    fm = TorchSamFM(BatchedSam(small_sam), "small")
+    cfg = FedTrainConfig(local_steps=1, image_size=256)  # synthetic cases are 128 px
+    with pytest.raises(ValueError, match=r"site 'a': its cases are 128 x 128 px, the run's "):
+        LocalSite(SiteSpec("a", "fundus", n=8), cfg, fm=fm)
+    site = LocalSite(SiteSpec("a", "fundus", n=8), FedTrainConfig(local_steps=1), fm=fm)
+    assert site.decoder.cfg.image_size == 128 == site.images.shape[1]

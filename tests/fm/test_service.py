@@ -106,6 +106,21 @@ def test_outputs_match_in_process_fm(fm):
         assert not np.array_equal(half, reference)  # it did travel as float16
 
 
+def test_a_long_query_goes_as_requests_of_max_images_each(fm):
+    """Each request has its own deadline: a slow FM's evaluation chunk is not cut off."""
+    images, points = _query(b=7)
+    parts = [slice(0, 3), slice(3, 6), slice(6, 7)]  # the same forward passes as the service's
+    reference = np.concatenate([fm.segment(images[p], points[p]) for p in parts])
+    with serving(fm, max_batch=1) as server:
+        with load_fm(f"grpc://127.0.0.1:{server.port}?deadline=20&retries=0&max_images=3") as c:
+            np.testing.assert_array_equal(c.segment(images, points), reference)
+            assert (c.meter.calls, c.meter.images) == (1, 7)  # one query to the site
+        assert server.stats().requests == 3  # 3 + 3 + 1 images on the wire
+        assert server.ledger.usage("anonymous").images == 7
+    with pytest.raises(GrpcSpecError, match="max_images >= 1"):
+        parse_grpc_spec("grpc://127.0.0.1:1?max_images=0")
+
+
 def test_tokens_are_required_and_usage_is_metered(fm, tmp_path):
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(TOKENS)

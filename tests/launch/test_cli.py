@@ -59,7 +59,7 @@ def test_simulate_on_flower_with_a_shared_fm_service(tmp_path, capsys, small_sam
     args += ["--rounds", "1", "--local-steps", "1", "--out", str(out_dir)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    fm_port = int(re.search(r"grpc://127\.0\.0\.1:(\d+)", out).group(1))
+    fm_port = int(re.search(r"for all 2 sites at 127\.0\.0\.1:(\d+): TLS", out).group(1))
     link_port = int(re.search(r"SuperLink \(simulation\) on 127\.0\.0\.1:(\d+)", out).group(1))
     for site in ("dermoscopy-a", "colonoscopy-b"):
         assert re.search(rf"^{site}\s+\d+\s+0\.\d+", out, re.M), out
@@ -69,6 +69,16 @@ def test_simulate_on_flower_with_a_shared_fm_service(tmp_path, capsys, small_sam
     assert set(rounds[0]["train"]) == {"dermoscopy-a", "colonoscopy-b"}
     calls, requests = map(int, re.search(r"(\d+) FM calls for (\d+) requests", out).groups())
     assert requests > 0 and 1 <= calls <= requests
+    usage = json.loads((out_dir / "fm_service_usage.json").read_text())
+    assert set(usage) == {"dermoscopy-a", "colonoscopy-b"}
+    for row in usage.values():  # the service billed each site what the site counted
+        assert row["service"] == row["site"] > 0
+    tokens = [p.read_text().strip() for p in (out_dir / "fm_service/tokens").iterdir()]
+    assert len(set(tokens)) == 2  # one token per site, none of them in what the run records
+    for record in ("run_config.toml", "run.log", "rounds.json", "report.md"):
+        text = (out_dir / record).read_text()
+        assert not any(token in text for token in tokens), record
+    assert "tls_ca=" in (out_dir / "run_config.toml").read_text()
     for port in (fm_port, link_port):  # the service and the SuperLink were stopped
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -14,6 +14,8 @@ Spec options (URL query; all optional)::
     dtype=float16    logits travel as float16 (half the bytes; returned as float32)
     png=1            images travel PNG-compressed (lossless; less bandwidth, more CPU)
     deadline=S       seconds per attempt (default 120)
+    max_images=N     images per request (default 8): a longer query goes as several requests,
+                     each with its own deadline (a CPU LiteMedSAM answers ~1 image/s)
     retries=K        retries on UNAVAILABLE / rate limit, exponential backoff (default 8, ~25 s)
     max_message_mb=M largest message this client sends or accepts (default 256)
 
@@ -64,6 +66,7 @@ class GrpcFMOptions:
     dtype: str = "float32"
     png: bool = False
     deadline_s: float = 120.0
+    max_images: int = 8
     retries: int = 8
     backoff_s: float = 0.25
     max_backoff_s: float = 5.0
@@ -72,8 +75,8 @@ class GrpcFMOptions:
     def __post_init__(self) -> None:
         if self.dtype not in codec.OUTPUT_DTYPES:
             raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
-        if self.retries < 0 or self.deadline_s <= 0:
-            raise ValueError("retries must be >= 0 and deadline > 0")
+        if self.retries < 0 or self.deadline_s <= 0 or self.max_images < 1:
+            raise ValueError("retries must be >= 0, deadline > 0 and max_images >= 1")
 
 
 class GrpcSpecError(ValueError):
@@ -121,12 +124,13 @@ def parse_grpc_spec(spec: str) -> tuple[str, GrpcFMOptions]:
             opts[key] = value
         elif key in ("deadline", "max_message_mb"):
             opts["deadline_s" if key == "deadline" else key] = float(value)
-        elif key == "retries":
-            opts["retries"] = int(value)
+        elif key in ("retries", "max_images"):
+            opts[key] = int(value)
         else:
             raise GrpcSpecError(
-                f"FM spec {spec!r}: unknown option {key!r}; known: token, token_env, token_file, "
-                "tls, tls_ca, server_name, dtype, png, deadline, retries, max_message_mb"
+                f"FM spec {spec!r}: unknown option {key!r}; known: token, token_env, "
+                "token_file, tls, tls_ca, server_name, dtype, png, deadline, max_images, "
+                "retries, max_message_mb"
             )
     if token_sources > 1:
         raise GrpcSpecError("FM spec: give only one of token, token_env, token_file")
@@ -220,17 +224,28 @@ class GrpcFM(BlackboxFM):
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def _segment(self, query: Query) -> np.ndarray:
+        """The query in requests of at most ``max_images`` images, each with its deadline."""
+        step = self.options.max_images
+        parts = [
+            self._request(query, slice(i, i + step)) for i in range(0, len(query.images), step)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _request(self, query: Query, part: slice) -> np.ndarray:
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[part]
+
         o = self.options
         request = codec.encode_request(
             self._pb2.SegmentRequest(),
-            query.images,
-            query.points,
-            query.labels,
+            query.images[part],
+            cut(query.points),
+            cut(query.labels),
             o.png,
             o.dtype,
-            query.boxes,
+            cut(query.boxes),
         )
-        reply = self._call(self._stub.Segment, request, query.images.shape[0])
+        reply = self._call(self._stub.Segment, request, len(query.images[part]))
         return codec.read_logits(reply.logits)
 
     def _call(self, method: Any, request: Any, n: int, optional: bool = False) -> Any:

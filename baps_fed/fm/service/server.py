@@ -193,7 +193,8 @@ class _Servicer:
             logits, fm_seconds = self._run(context, query, policy.name)
             response = self.pb2.SegmentResponse()
             codec.fill_logits(response.logits, logits, req.output_dtype)
-            ok, seconds = True, fm_seconds
+            # a client that gave up meanwhile (its deadline) never gets the answer: not billed
+            ok, seconds = context.is_active(), fm_seconds
             return response
         finally:
             self.ledger.settle(policy.name, n, seconds, ok)
