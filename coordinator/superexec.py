@@ -5,7 +5,9 @@ token, which lets its holder act as the run's ServerApp, is then in the process 
 every local account can read (``ps``). This one starts it with ``--token-file FILE``
 instead (a flag ``flwr-serverapp`` has), the file 0600 in a 0700 folder given in
 ``BAPS_FED_TOKEN_DIR``, removed once the process has ended. Everything else is Flower's own
-``flower-superexec``: run as ``python -m coordinator.superexec`` with its arguments.
+``flower-superexec``: run as ``python -m coordinator.superexec`` with its arguments. A
+hospital's SuperNode (``sites/supernode.py``) starts it too, for its ClientApps
+(``flwr-clientapp`` has the same flag), and ``baps-fed simulate`` for ``flwr-simulation``.
 """
 
 from __future__ import annotations

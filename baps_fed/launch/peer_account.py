@@ -10,7 +10,9 @@ in front of the whole SuperLink app (``coordinator/superlink.py``) and refuses (
 request whose TCP peer socket belongs to another account. On Linux the kernel says who owns
 each socket (``/proc/net/tcp``: the ``uid`` column), so nothing has to be handed out: only
 processes of the coordinator's account (its ``flwr`` commands, its SuperExec and ServerApp,
-its Fleet gateway, which forwards the Fleet API alone) get through. Kept free of Flower.
+its Fleet gateway, which forwards the Fleet API alone) get through. A hospital's SuperNode
+has the same gap on its local Runtime API and the same guard (``sites/supernode.py``).
+Kept free of Flower.
 """
 
 from __future__ import annotations
@@ -87,13 +89,21 @@ class SameAccountOnly:
     Where the system does not list socket owners (not Linux) it lets everything through and
     says so once at start."""
 
-    def __init__(self, app: ASGIApp, uid: int | None = None, proc_net: Path = PROC_NET) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        uid: int | None = None,
+        proc_net: Path = PROC_NET,
+        owner: str = "the coordinator's",  # whose account, in the log line
+        refusal: bytes = REFUSED,  # the 403's body
+    ) -> None:
         self.app, self.uid, self.proc_net = app, os.getuid() if uid is None else uid, proc_net
+        self.owner, self.refusal = owner, refusal
         self.enforced = can_tell_accounts_apart(proc_net)
         if not self.enforced:
             log.warning(
-                "%s is missing: this system does not tell which account owns a socket; the "
-                "SuperLink's loopback port answers every local account",
+                "%s is missing: this system does not tell which account owns a socket; this "
+                "loopback port answers every local account",
                 proc_net / "tcp",
             )
 
@@ -104,11 +114,11 @@ class SameAccountOnly:
             if owner != self.uid:
                 peer = f"{client[0]}:{client[1]}" if client else "unknown peer"
                 log.warning(
-                    "refused %s %s from %s (account %s, not the coordinator's %s): 403",
+                    "refused %s %s from %s (account %s, not %s %s): 403",
                     scope.get("method", "-"), scope.get("path", "-"), peer,
-                    "unknown" if owner is None else owner, self.uid,
+                    "unknown" if owner is None else owner, self.owner, self.uid,
                 )  # fmt: skip
-                await _plain(send, 403, REFUSED)
+                await _plain(send, 403, self.refusal)
                 return
         await self.app(scope, receive, send)
 

@@ -2,7 +2,9 @@
 
 We start a private SuperLink in simulation mode, submit the app with ``flwr run``, stream its
 progress, and stop every process we started when the run ends, fails or is interrupted. The
-coordinator writes the report into the output folder.
+coordinator writes the report into the output folder. As the coordinator's, the SuperLink
+answers this account only and the simulation's token is in a 0600 file, not argv
+(``start_superlink``'s ``private`` folder); the output folder is 0700.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from baps_fed.federation.scenario import Scenario, SiteFMs
 from baps_fed.launch.flower_cli import flwr_run, start_superlink, write_connection
+from baps_fed.launch.private_files import private_dir
 from baps_fed.launch.processes import ProcessGroup, free_port
 
 
@@ -18,7 +21,7 @@ def run_simulation(
     scenario: Scenario, out: Path, fm: SiteFMs = None, cpus_per_site: int = 1
 ) -> int:
     """Run the scenario; returns flwr run's exit status. Everything started is stopped."""
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     home = out / "flwr_home"
     port = free_port()
     write_connection(home, f"127.0.0.1:{port}", ca_cert=None)
@@ -29,7 +32,7 @@ def run_simulation(
     with ProcessGroup() as group:
         start_superlink(
             group, home, port, out / "superlink.log", simulation=True,
-            database=out / "superlink.db",
+            database=out / "superlink.db", private=out / "private",
         )  # fmt: skip
         print(f"SuperLink (simulation) on 127.0.0.1:{port}; logs in {out}", flush=True)
         return flwr_run(

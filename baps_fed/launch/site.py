@@ -27,6 +27,7 @@ from baps_fed.federation.worker_address import (
     private_socket_address,
     socket_path,
 )
+from baps_fed.launch.flower_cli import TOKEN_DIR_ENV
 from baps_fed.launch.private_files import private_dir, write_private
 from baps_fed.launch.processes import ProcessGroup, flower_env, free_port
 from baps_fed.launch.site_terminal import LogWatcher, SiteTerminal
@@ -80,10 +81,12 @@ def _readable(path: Path, flag: str, what: str) -> bytes:
 
 def start_site(s: SiteSettings, group: ProcessGroup) -> subprocess.Popen:
     """Start the hospital's SuperNode in ``group``; returns its process. Its folder, node
-    config (it names the data) and log are this account's only."""
+    config (it names the data) and log are this account's only; its local API answers this
+    account only and its ClientApps read their tokens from 0600 files (``sites/supernode.py``)."""
     private_dir(s.folder)
     node_config = write_private(s.folder / "node_config.toml", tomli_w.dumps(s.node_config))
-    cmd = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", s.superlink]
+    cmd = [sys.executable, "-m", "sites.supernode", "--isolation", "process"]
+    cmd += ["--superlink", s.superlink]
     if s.ca_cert is None:
         cmd.append("--insecure")
     else:
@@ -95,7 +98,10 @@ def start_site(s: SiteSettings, group: ProcessGroup) -> subprocess.Popen:
             raise FileNotFoundError(f"{s.private_key}: this hospital's node key is missing")
         cmd += ["--auth-supernode-private-key", str(s.private_key)]
     cmd += ["--node-config", str(node_config), "--port", str(s.port or free_port())]
-    env = flower_env(s.folder / "flwr_home")
+    env = {
+        **flower_env(s.folder / "flwr_home"),
+        TOKEN_DIR_ENV: str(private_dir(s.folder / "tokens")),
+    }
     # Flower's SuperExec looks for a message to start a ClientApp for once a second by default
     env.setdefault(SUPEREXEC_POLL_ENV, "0.1")
     return group.start(
