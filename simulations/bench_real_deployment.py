@@ -72,7 +72,7 @@ def _listening(port: int) -> bool:
 
 def run_deployment_arm(scenario: dict, args: argparse.Namespace, work: Path) -> dict:
     from baps_fed.launch.processes import ProcessGroup, free_port
-    from baps_fed.launch.shared_fm import site_counts
+    from baps_fed.launch.shared_fm import DEADLINE_S, site_counts
 
     env, names = child_env(args.threads), [s["name"] for s in scenario["site"]]
     certs, tokens, folder = work / "certs", work / "fm_tokens", work / "coordinator"
@@ -105,7 +105,8 @@ def run_deployment_arm(scenario: dict, args: argparse.Namespace, work: Path) -> 
             lambda: (folder / "run_config.toml").is_file(), deadline, "the coordinator",
             [coordinator, service],
         )  # fmt: skip
-        fm = f"grpc://127.0.0.1:{fm_port}?tls_ca={certs / 'ca.crt'}&token_file={tokens / 'tokens'}"
+        fm = f"grpc://127.0.0.1:{fm_port}?deadline={DEADLINE_S:g}&tls_ca={certs / 'ca.crt'}"
+        fm += f"&token_file={tokens / 'tokens'}"
         for s in scenario["site"]:
             site_cmd = cli(
                 "site", "--superlink", f"127.0.0.1:{port}", "--ca", str(certs / "ca.crt"),

@@ -24,6 +24,10 @@ from baps_fed.launch.certs import make_server_certs
 from baps_fed.launch.private_files import private_dir, write_private
 
 HOST = "127.0.0.1"
+# seconds a site waits for one request: the service answers every site from one FM on the same
+# CPU the sites train on, so a request may queue behind the others' (a CPU LiteMedSAM answers
+# ~1 image/s; measured on a loaded 2-core machine, 8-image requests ran past 120 s)
+DEADLINE_S = 600
 
 
 @dataclass
@@ -82,7 +86,13 @@ def start_shared_fm(fm, sites: list[str], folder: Path) -> SharedFMService:
     port = server.start()
     specs = {
         site: f"grpc://{HOST}:{port}?"
-        + urlencode({"tls_ca": folder.resolve() / "ca.crt", "token_file": path.resolve()})
+        + urlencode(
+            {
+                "tls_ca": folder.resolve() / "ca.crt",
+                "token_file": path.resolve(),
+                "deadline": DEADLINE_S,
+            }
+        )
         for site, path in token_files.items()
     }
     return SharedFMService(server, specs, config.metering)  # type: ignore[arg-type]
