@@ -1,4 +1,5 @@
-"""The ``baps-fed`` command: one module per group of commands (single_site, federation, fm)."""
+"""The ``baps-fed`` command: one module per group of commands (single_site, federation, fm,
+privacy_audit)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import sys
 # which exec at once: gRPC's fork handlers have nothing to protect and only log that they skip.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from baps_fed.cli import federation, fm, single_site
+from baps_fed.cli import federation, fm, privacy_audit, single_site
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="baps-fed", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    for group in (single_site, federation, fm):
+    for group in (single_site, federation, fm, privacy_audit):
         group.add_commands(sub)
     return ap
 
