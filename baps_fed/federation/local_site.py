@@ -39,6 +39,14 @@ from baps_fed.method.spsa import GeassConfig, SpsaState
 from baps_fed.method.spsa_step import StepConfig, calibrate_c, prompt_fn, spsa_step
 
 
+def open_site_source(spec: SiteSpec, size: int) -> SegmentationDataset:
+    """A site's whole data source (synthetic cases or its folder letterboxed to ``size``), before
+    its subset and split are applied (``site_splits``)."""
+    return open_source(
+        spec.data, n=spec.n, seed=spec.seed, scanner=spec.scanner, layout=spec.layout, size=size
+    )
+
+
 def site_splits(spec: SiteSpec, data: SegmentationDataset) -> dict[str, SegmentationDataset]:
     """The site's train/val/test splits of its opened source: the subset it names, each of its
     groups (``group_by``) whole in one split. Applied here, not when the data is opened, so a
@@ -69,14 +77,7 @@ class LocalSite:
         self.decoder: IPDecoder = build_decoder(cfg.decoder_config())
         size = self.decoder.cfg.image_size
         if splits is None and data is None:
-            data = open_source(
-                spec.data,
-                n=spec.n,
-                seed=spec.seed,
-                scanner=spec.scanner,
-                layout=spec.layout,
-                size=size,
-            )
+            data = open_site_source(spec, size)
         self.splits = splits if splits is not None else site_splits(spec, data)  # type: ignore[arg-type]
         train = self.splits["train"]
         if len(train) == 0:

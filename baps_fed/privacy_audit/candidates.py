@@ -17,13 +17,13 @@ from functools import cached_property
 
 import numpy as np
 
-from baps_fed.data.manifest import group_values
+from baps_fed.data.manifest import group_values, restrict
 from baps_fed.data.prompts import PromptConfig, Prompts
 from baps_fed.data.sample import SegmentationDataset
-from baps_fed.data.sources import open_source
 from baps_fed.evaluation.evaluate import sample_prompts
 from baps_fed.evaluation.metrics import LOSSES
 from baps_fed.federation.contract import SiteSpec
+from baps_fed.federation.local_site import open_site_source
 from baps_fed.fm.contract import BlackboxFM
 from baps_fed.method.ip_decoder import IPDecoder
 from baps_fed.method.private_head import WithPrivateHead
@@ -60,16 +60,7 @@ def site_pool(
     max_candidates: int | None = None,
 ) -> SitePool:
     """The site's cases (at most ``max_candidates``, drawn at random), split half and half."""
-    data = open_source(
-        spec.data,
-        n=spec.n,
-        seed=spec.seed,
-        scanner=spec.scanner,
-        layout=spec.layout,
-        size=image_size,
-        subset=spec.subset,
-        group_by=spec.group_by,
-    )
+    data = restrict(open_site_source(spec, image_size), spec.subset, spec.group_by)
     rng = np.random.default_rng([seed, len(data)])
     order = rng.permutation(len(data))[: max_candidates or len(data)]
     chosen = SegmentationDataset(spec.name, [data[int(i)] for i in order])
