@@ -32,7 +32,13 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
         help="the prompt each image gets: one positive point, or one box (the MedSAM family "
         "takes boxes only)",
     )
-    p.add_argument("--point-mode", default=prompt.point_mode, choices=["uniform", "centroid"])
+    p.add_argument(
+        "--point-mode",
+        default=prompt.point_mode,
+        choices=["uniform", "centroid"],
+        help="where the point goes: a foreground pixel drawn at random (the paper's protocol), "
+        "or the mask's centroid (moved inside a non-convex mask)",
+    )
     p.add_argument(
         "--box-protocol",
         default=box.protocol,
@@ -41,9 +47,24 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
         "training boxes); loose: out by --box-margin +- --box-jitter of the box (a quick "
         "clinician's box)",
     )
-    p.add_argument("--tight-shift", type=float, default=box.tight_shift)
-    p.add_argument("--box-margin", type=float, default=box.loose_margin)
-    p.add_argument("--box-jitter", type=float, default=box.loose_jitter)
+    p.add_argument(
+        "--tight-shift",
+        type=float,
+        default=box.tight_shift,
+        help="tight boxes: most outward move per side, a fraction of the image's longest side",
+    )
+    p.add_argument(
+        "--box-margin",
+        type=float,
+        default=box.loose_margin,
+        help="loose boxes: outward move per side, a fraction of the box's size",
+    )
+    p.add_argument(
+        "--box-jitter",
+        type=float,
+        default=box.loose_jitter,
+        help="loose boxes: +- uniform jitter per side, a fraction of the box's size",
+    )
 
 
 def prompt_config(args: argparse.Namespace) -> PromptConfig:
@@ -59,14 +80,39 @@ def prompt_config(args: argparse.Namespace) -> PromptConfig:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     site = SiteSpec
     p.add_argument("--data", required=True, help="synthetic modality name or a data folder")
-    p.add_argument("--layout", default=site.layout)
+    add_layout_arg(p)
     add_manifest_args(p, group_by=True)
     p.add_argument("--n", type=int, default=SINGLE_SITE_CASES, help="synthetic cases")
-    p.add_argument("--scanner", type=int, default=site.scanner)
-    p.add_argument("--seed", type=int, default=site.seed)
+    add_scanner_arg(p)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=site.seed,
+        help="seed of the synthetic cases and of the prompts drawn; train: also of SPSA's "
+        "perturbations and the decoder's initial weights",
+    )
     p.add_argument("--fm", default=site.fm, help="FM spec (docs/fm-service.md)")
     add_device_arg(p)
     add_prompt_args(p)
+
+
+def add_layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--layout",
+        default=SiteSpec.layout,
+        help="a data folder's layout: auto (detected) | generic | isic2018 | kvasir | busi | "
+        "optic_disc (docs/data.md)",
+    )
+
+
+def add_scanner_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scanner",
+        type=int,
+        default=SiteSpec.scanner,
+        help="synthetic data: the scanner profile (white balance, gamma, noise, blur); 0 is the "
+        "reference device, each other number another",
+    )
 
 
 def add_manifest_args(p: argparse.ArgumentParser, group_by: bool) -> None:

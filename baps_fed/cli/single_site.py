@@ -16,14 +16,17 @@ from baps_fed.cli.shared_args import (
     add_data_args,
     add_device_arg,
     add_image_size,
+    add_layout_arg,
     add_manifest_args,
     add_prompt_args,
+    add_scanner_arg,
     prompt_config,
 )
+from baps_fed.cli.train_args import add_train_args
 from baps_fed.data.modalities import MODALITIES
 from baps_fed.data.prompts import PromptConfig
 from baps_fed.federation.contract import SiteSpec
-from baps_fed.method.ip_decoder import ADAPT_KINDS, DecoderConfig
+from baps_fed.method.ip_decoder import DecoderConfig
 from baps_fed.method.spsa import GeassConfig, SpsaConfig
 from baps_fed.method.spsa_step import StepConfig
 from baps_fed.single_site.training import TrainConfig
@@ -242,15 +245,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from baps_fed.federation.global_decoder import decoder_to_score
     from baps_fed.fm.spec import load_fm
-    from baps_fed.method.ip_decoder import load_decoder
     from baps_fed.single_site.run import print_comparison, run_evaluation
 
-    if not args.checkpoint.is_file():
-        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint (train writes best.pt)")
-    decoder, extra = load_decoder(args.checkpoint)
+    decoder, trained = decoder_to_score(args.checkpoint)  # train's, or the federated one
     prompting = prompt_config(args)
-    trained = extra.get("train_config", {}).get("step", {}).get("prompt", {}).get("kind", "point")
     if "--prompt" not in args.given_flags:  # as the decoder was trained
         prompting = replace(prompting, kind=trained)
     fm = load_fm(args.fm, device=args.device)
@@ -263,14 +263,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    site, run, step, spsa = SiteSpec, TrainConfig(), StepConfig(), StepConfig().spsa
+    site = SiteSpec
     p = sub.add_parser("make-data", help="write a synthetic site to disk (images/ + masks/)")
-    p.add_argument("--modality", required=True, choices=MODALITIES)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--n", type=int, default=site.n)
-    p.add_argument("--seed", type=int, default=site.seed)
-    p.add_argument("--scanner", type=int, default=site.scanner, help="per-site acquisition profile")
-    p.add_argument("--size", type=int, default=DecoderConfig.image_size)
+    p.add_argument("--modality", required=True, choices=MODALITIES, help="what the cases show")
+    p.add_argument("--out", type=Path, required=True, help="folder to write images/ and masks/ to")
+    p.add_argument("--n", type=int, default=site.n, help="cases to draw (near-empty masks skipped)")
+    p.add_argument("--seed", type=int, default=site.seed, help="seed of the synthetic cases")
+    add_scanner_arg(p)
+    p.add_argument("--size", type=int, default=DecoderConfig.image_size, help="image side in px")
     p.set_defaults(func=_cmd_make_data)
 
     p = sub.add_parser("zero-shot", help="Dice/IoU/HD95 of an FM with one point or one box")
@@ -288,15 +288,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=list(MODALITIES),
         help="synthetic modality names, 'general', or data folders",
     )
-    p.add_argument(
-        "--layout",
-        default=site.layout,
-        help="auto | generic | isic2018 | kvasir | busi | optic_disc",
-    )
+    add_layout_arg(p)
     add_manifest_args(p, group_by=False)
     p.add_argument("--n", type=int, default=site.n, help="synthetic cases per source")
-    p.add_argument("--seed", type=int, default=site.seed)
-    p.add_argument("--scanner", type=int, default=site.scanner)
+    p.add_argument(
+        "--seed", type=int, default=site.seed, help="seed of the synthetic cases and the prompts"
+    )
+    add_scanner_arg(p)
     p.add_argument("--json", type=Path, help="also write the table as JSON")
     p.add_argument("--budget", type=int, default=None, help="most FM image-queries to spend")
     p.set_defaults(func=_cmd_zero_shot)
@@ -306,58 +304,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds")
-    p.add_argument("--preset", default=DecoderConfig.preset, choices=["basis", "paper", "vp"])
-    p.add_argument(
-        "--vp-grid", type=int, default=DecoderConfig.vp_grid, help="vp preset: 3 x g x g prompt"
-    )
-    p.add_argument(
-        "--image-encoder",
-        default=DecoderConfig.image_encoder,
-        help="the decoder's frozen image encoder: small (shipped) or clip:[MODEL:]PATH, CLIP's "
-        "image tower from local open_clip weights (pip install 'baps-fed[clip]')",
-    )
-    add_image_size(p)
-    p.add_argument(
-        "--adapt",
-        default=DecoderConfig.adapt,
-        choices=ADAPT_KINDS,
-        help="what SPSA learns: the visual prompt, the box sent to the FM (a per-side move; "
-        "--prompt box), or both",
-    )
-    p.add_argument(
-        "--box-refiner",
-        default=DecoderConfig.box_refiner,
-        choices=("bias", "image"),
-        help="the box refiner's moves: one per side for every image (bias), or linear in "
-        "image features (image)",
-    )
-    p.add_argument("--steps", type=int, default=run.steps)
-    p.add_argument("--batch", type=int, default=step.batch_size)
-    p.add_argument("--sp-avg", type=int, default=spsa.sp_avg, help="K perturbations per step")
-    p.add_argument("--update", default=spsa.update, choices=["raw", "sign", "normalized"])
-    p.add_argument("--lr", type=float, default=spsa.lr)
-    p.add_argument("--schedule", default=spsa.schedule, choices=["baps", "blackvip", "constant"])
-    p.add_argument("--beta", type=float, default=spsa.beta, help="momentum correction")
-    p.add_argument("--c", type=float, default=spsa.c, help="used when --target-grey is 0")
-    p.add_argument(
-        "--target-grey",
-        type=float,
-        default=run.target_grey,
-        help="perturbation size in grey levels at the FM input (0: use --c)",
-    )
-    p.add_argument("--loss", default=step.loss, choices=["dice", "bce", "focal"])
-    p.add_argument("--geass", action="store_true", help="SPSA-GEASS strikes")
-    p.add_argument("--val-every", type=int, default=run.val_every)
-    p.add_argument(
-        "--budget",
-        type=int,
-        default=None,
-        help="FM image-queries for training and validation (test counted apart)",
-    )
+    add_train_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="zero-shot vs a trained decoder on a test split")
     add_data_args(p)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a decoder train wrote (checkpoints/best.pt), or a federated run's shared decoder "
+        "(the coordinator's coordinator_checkpoint.npz)",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="which split of the data to score (all: every sample)",
+    )
     p.set_defaults(func=_cmd_evaluate)

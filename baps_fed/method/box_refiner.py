@@ -1,9 +1,10 @@
 """Box refinement: learn how a site's boxes should move, through FM outputs only.
 
 A site's clinicians draw boxes with their own habits (a loose box is some 10 % too large per
-side). The refiner moves each side of the box the FM receives by a fraction of the box's size,
-linear in the same few image features the basis decoder uses: 4 x (rank + 1) parameters (16 by
-default), zero-initialised, so step 0 sends the drawn box unchanged. Trained by the same SPSA-GC
+side). The refiner moves each side of the box the FM receives by a fraction of the box's size:
+by default one move per side, the same for every image (``box_refiner="bias"``, 4 parameters),
+or linear in the same few image features the basis decoder uses (``"image"``, 4 x (rank + 1)
+parameters, 16 at the default rank); zero-initialised, so step 0 sends the drawn box unchanged. Trained by the same SPSA-GC
 as the visual prompt, alone (``adapt="box"``) or with it (``adapt="both"``).
 
 Why a box and not only pixels: the MedSAM family min-max normalises each image, so a global

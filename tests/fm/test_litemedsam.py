@@ -71,3 +71,40 @@ def test_points_are_refused_with_the_measured_reason():
     image = np.zeros((1, 64, 64, 3), np.uint8)
     with pytest.raises(FMInputError, match="does not accept point prompts.*send boxes"):
         fm.segment(image, np.array([[[32.0, 32.0]]]))
+
+
+_LOAD_AND_LIST_WARNINGS = """
+import json, warnings
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    from baps_fed.fm.spec import load_fm
+    load_fm("litemedsam")
+    # a filter left behind on timm's messages would hide them in every later import too
+    left = [str(f) for f in warnings.filters if f[1] is not None and "timm" in f[1].pattern]
+    warnings.warn("another package's deprecation", FutureWarning)
+seen = [[w.category.__name__, str(w.message)] for w in seen]
+print(json.dumps({"left": left, "seen": seen}))
+"""
+
+
+def test_loading_litemedsam_prints_no_timm_future_warning():
+    """A fresh process (the package is imported once per process): the model package's two timm
+    deprecation warnings are silenced where it is imported, and nothing else is."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_LIST_WARNINGS],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    future = [message for category, message in report["seen"] if category == "FutureWarning"]
+    assert future == ["another package's deprecation"]  # the filters still show other warnings
+    assert report["left"] == []

@@ -155,3 +155,28 @@ def test_box_corners_change_the_paper_decoders_embedding():
     assert a.point_embedding.shape == (2, 2 * dec.cfg.fourier_dim)
     assert not torch.equal(a.point_embedding, b.point_embedding)  # the far corner matters
     torch.testing.assert_close(a.points01, torch.tensor([[40.5, 60.5], [95.5, 25.5]]) / 128)
+
+
+def test_the_reference_probe_is_drawn_once_per_process(monkeypatch):
+    """Every basis decoder built (each site message, each coordinator check) normalises its
+    features on the same general-domain probe; drawing it costs seconds, so it is drawn once and
+    every later decoder reads the same images."""
+    import baps_fed.data.general as general
+    from baps_fed.method import ip_decoder
+
+    drawn = []
+
+    def spy(*args, **kwargs):
+        drawn.append(real(*args, **kwargs))
+        return drawn[-1]
+
+    real = general.general_dataset
+    monkeypatch.setattr(general, "general_dataset", spy)
+    ip_decoder._reference_probe.cache_clear()
+    first, again = _decoder(), _decoder()
+    assert len(drawn) == 1
+    probe = ip_decoder._reference_probe()
+    np.testing.assert_array_equal(probe, np.stack([s.image for s in drawn[0]]))
+    assert not probe.flags.writeable  # shared: no caller can change it for the others
+    torch.testing.assert_close(first.feat_mean, again.feat_mean, rtol=0, atol=0)
+    torch.testing.assert_close(first.feat_std, again.feat_std, rtol=0, atol=0)
