@@ -4,8 +4,9 @@ A site's clinicians draw boxes with their own habits (a loose box is some 10 % t
 side). The refiner moves each side of the box the FM receives by a fraction of the box's size:
 by default one move per side, the same for every image (``box_refiner="bias"``, 4 parameters),
 or linear in the same few image features the basis decoder uses (``"image"``, 4 x (rank + 1)
-parameters, 16 at the default rank); zero-initialised, so step 0 sends the drawn box unchanged. Trained by the same SPSA-GC
-as the visual prompt, alone (``adapt="box"``) or with it (``adapt="both"``).
+parameters, 16 at the default rank); zero-initialised, so step 0 sends the drawn box
+unchanged. Trained by the same SPSA-GC as the visual prompt, alone (``adapt="box"``) or with
+it (``adapt="both"``).
 
 Why a box and not only pixels: the MedSAM family min-max normalises each image, so a global
 brightness or contrast change is undone by the FM, while the box is what it segments from.
