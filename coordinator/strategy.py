@@ -33,6 +33,17 @@ def site_name(msg: Message) -> str:
     return reply_name(msg) or f"node-{msg.metadata.src_node_id}"
 
 
+def train_summary(site_train: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The round's training metrics over sites, of those they report (under DP, none of
+    these: they stay at the sites)."""
+    reported = [m for m in site_train.values() if "num-examples" in m]
+    if not reported:
+        return {}
+    summary = {k: weighted(site_train, k) for k in ("train-loss", "seconds")}
+    summary["fm-queries"] = float(sum(m.get("fm-queries", 0) for m in reported))
+    return summary
+
+
 def unnamed(node: int) -> str:
     return f"unnamed site (Flower node {node})"
 
@@ -94,7 +105,9 @@ class UpdateAveraging(FedAvg):
         if validate and valid:
             validate_message_reply_consistency(
                 replies=[m.content for m in valid],
-                weighted_by_key=self.weighted_by_key,
+                # DP sites withhold their example counts (contract.DP_TRAIN_METRICS) and are
+                # weighed equally; every train reply carries its step count
+                weighted_by_key="spsa-step" if is_train else self.weighted_by_key,
                 check_arrayrecord=is_train,
             )
         return valid, errors
@@ -113,10 +126,7 @@ class UpdateAveraging(FedAvg):
         ]
         if not self.agg.apply_round(server_round, self.round_uploads, self.train_failed):
             return None, None
-        site_train = self.agg.site_train
-        agg = {k: weighted(site_train, k) for k in ("train-loss", "seconds")}
-        agg["fm-queries"] = float(sum(m["fm-queries"] for m in site_train.values()))
-        return self.global_arrays(), MetricRecord(agg)
+        return self.global_arrays(), MetricRecord(train_summary(self.agg.site_train))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -1,10 +1,10 @@
 """What may leave a site: the allow-list every outgoing message is checked against.
 
 Only the decoder update (or its seed-and-scalar form), example counts, aggregate metrics,
-privacy spent and the site's name may leave; never images, masks, points, per-image values or
-FM outputs. The check is by
-record name, record type, key and value shape, so a new field cannot slip out unnoticed:
-adding one means adding it here, in review.
+privacy spent and the site's name may leave (under DP, of a train reply's metrics only those the
+accountant covers: ``contract.DP_TRAIN_METRICS``); never images, masks, points, per-image values
+or FM outputs. The check is by record name, record type, key and value shape, so a new field
+cannot slip out unnoticed: adding one means adding it here, in review.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from flwr.app import (
 )
 from flwr.common.constant import ErrorCode
 
-from baps_fed.federation.contract import FedTrainConfig
+from baps_fed.federation.contract import DP_TRAIN_METRICS, FedTrainConfig
 from baps_fed.federation.site_errors import (
     error_kind,
     error_reason,
@@ -88,6 +88,8 @@ def check_outgoing(content: RecordDict, message_type: str, upload: int | UploadS
     if "metrics" not in content:
         raise OutboxViolation(f"{kind} reply without its metrics record")
     _check_metrics(content["metrics"], TRAIN_METRICS if kind == "train" else EVALUATE_METRICS)
+    if kind == "train" and "epsilon" in content["metrics"]:
+        _check_dp_metrics(content["metrics"])
     if "site" in content:
         _check_site(content["site"])
     if kind == "train":
@@ -108,6 +110,16 @@ def _check_metrics(record: MetricRecord, keys: frozenset[str]) -> None:
             raise OutboxViolation(f"metric {key!r} is not on the allow-list")
         if not isinstance(value, (int, float)):  # lists could carry per-image values
             raise OutboxViolation(f"metric {key!r} must be one number, got {type(value).__name__}")
+
+
+def _check_dp_metrics(record: MetricRecord) -> None:
+    """A reply that books epsilon carries nothing the accountant does not cover."""
+    extra = sorted(set(record.keys()) - DP_TRAIN_METRICS)
+    if extra:
+        raise OutboxViolation(
+            f"a DP train reply may carry only {', '.join(sorted(DP_TRAIN_METRICS))}; "
+            f"{', '.join(extra)} would reveal the site's data or its secret batches"
+        )
 
 
 def _check_site(record: ConfigRecord) -> None:

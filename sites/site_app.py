@@ -173,7 +173,7 @@ def train(msg: Message, context: Context) -> Message:
     store = _store(site, msg)
     result = site.train_from(theta, server_round, _load_state(context, store, server_round, True))
     _save_state(context, SiteState.after(result), store, server_round)  # stays here, never sent
-    logger.info("site %s round %d: %s", site.spec.name, server_round, result.metrics)
+    logger.info("site %s round %d: %s", site.spec.name, server_round, result.home)
     arrays = encode_upload(site.cfg.upload, theta, result)
     content = RecordDict(
         {

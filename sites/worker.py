@@ -60,11 +60,16 @@ class RoundLines:
 
 
 def train_line(m) -> str:
-    parts = [f"{m.get('seconds', 0.0):.1f} s", f"{int(m.get('fm-queries', 0))} FM queries"]
+    """The reply as sent: under DP, time, FM images and loss stayed in the site's log."""
+    parts = []
+    if "seconds" in m:
+        parts += [f"{m['seconds']:.1f} s", f"{int(m.get('fm-queries', 0))} FM queries"]
     if "train-loss" in m:
         parts.append(f"loss {m['train-loss']:.4f}")
     if "epsilon" in m:
         parts.append(f"epsilon {m['epsilon']:.2f} (delta {m.get('delta', 0.0):g})")
+        if "seconds" not in m:
+            parts.append("its size, time, FM images and loss not sent (DP; in the log above)")
     return ", ".join(parts)
 
 

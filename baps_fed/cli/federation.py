@@ -123,8 +123,9 @@ def _report_shared_fm(service, out: Path) -> None:
         flush=True,
     )
     for site, row in rows.items():
+        said = "not reported (DP)" if row["site"] is None else row["site"]
         agree = "" if row["site"] in (None, row["service"]) else "  <- DIFFERS"
-        print(f"  {site}: service billed {row['service']} images, site reported {row['site']}"
+        print(f"  {site}: service billed {row['service']} images, site reported {said}"
               f"{agree}", flush=True)  # fmt: skip
 
 

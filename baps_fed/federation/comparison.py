@@ -93,7 +93,7 @@ def run_seed(
             for rnd in range(1, rounds + 1):
                 r = site.train_round(theta, rnd, state, private)
                 theta, state, private = theta + r.update, r.state, r.private
-                queries += r.metrics["fm-queries"]
+                queries += r.home["fm-queries"]
             local[site.spec.name] = site.evaluate(theta, private)
             heads[site.spec.name] = None if private is None else private.tolist()
         out["local_only"] = local
@@ -122,7 +122,7 @@ def run_seed(
         pooled = pooled_site(sites, replace(cfg, local_steps=steps * len(sites)), fm)
         r = pooled.train_round(theta0, 1, None)
         out["pooled"] = evaluate_all(sites, theta0 + r.update)
-        out["pooled_queries"] = r.metrics["fm-queries"]
+        out["pooled_queries"] = r.home["fm-queries"]
         out["pooled_s"] = time.perf_counter() - t0
     out["train_sizes"] = {s.spec.name: s.num_train for s in sites}
     return out

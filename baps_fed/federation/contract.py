@@ -9,6 +9,7 @@ the site's own decoder of the last round.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from collections.abc import Mapping
@@ -229,16 +230,26 @@ def start_point(theta_global: np.ndarray, personal: np.ndarray | None, keep: flo
     return ((1 - keep) * theta + keep * np.asarray(personal, np.float32)).astype(np.float32)
 
 
+# Under DP only these train metrics leave a site: the optimiser's step count (public: every
+# round runs local-steps steps) and the privacy spent. Everything else it measures (training-set
+# size, loss, FM images, time, skipped steps) depends on its data or on the secret Poisson
+# batches, outside what the accountant books: it stays in the site's own log.
+DP_TRAIN_METRICS = frozenset({"spsa-step", "epsilon", "delta"})
+
+
 @dataclass
 class RoundResult:
     update: np.ndarray  # theta_end - theta_start, float32 (the shared weights only)
     state: SpsaState  # the site's optimiser state after the round (stays at the site)
-    metrics: dict[str, float]  # aggregates only: what may leave the site
+    metrics: dict[str, float]  # aggregates only: what leaves the site (under DP: see above)
     private: np.ndarray  # the site's private head after the round (stays at the site)
     personal: np.ndarray  # the site's own shared-shape decoder after the round (stays)
     privacy: list[tuple[float, float, int]]  # the accountant's history (stays; [] without DP)
     scalars: np.ndarray  # [steps, K] float32: the K-vector of every step (seed-and-scalar form)
     c: float  # the perturbation scale the steps used (with the scalars, replays the round)
+    # everything the site measured this round, ``metrics`` included: its own log and the
+    # simulation's cost accounting (stays at the site)
+    home: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # what a site's node config may hold: its SiteSpec (the name as "site-name"), plus the keys

@@ -41,7 +41,7 @@ class InProcessFederation:
             name = site.spec.name
             result = site.train_from(theta, server_round, self.states[name])
             self.states[name] = SiteState.after(result)
-            self.fm_queries += int(result.metrics["fm-queries"])
+            self.fm_queries += int(result.home["fm-queries"])
             arrays = encode_upload(site.cfg.upload, theta, result)
             if self.tamper is not None:
                 arrays = self.tamper(name, arrays)

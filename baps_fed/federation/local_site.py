@@ -19,6 +19,7 @@ from baps_fed.data.sources import open_source
 from baps_fed.data.splits import split_dataset
 from baps_fed.evaluation.evaluate import evaluate_fm
 from baps_fed.federation.contract import (
+    DP_TRAIN_METRICS,
     FedTrainConfig,
     PrivacyBudgetExhausted,
     RoundResult,
@@ -186,7 +187,7 @@ class LocalSite:
             skipped += r.failure is not None
             if np.isfinite(r.loss):
                 losses.append(r.loss)
-        metrics = {
+        home = {
             "num-examples": self.num_train,
             "train-loss": float(np.mean(losses)) if losses else float("nan"),
             "skipped-steps": skipped,
@@ -194,10 +195,11 @@ class LocalSite:
             "seconds": time.perf_counter() - start,
             "spsa-step": first_step,
         }
+        metrics = home
         if ledger is not None:
             ledger.record(self.cfg.local_steps)
-            del metrics["train-loss"]  # not privatised: under DP it stays home
-            metrics |= {"epsilon": ledger.epsilon(), "delta": ledger.cfg.delta}
+            home |= {"epsilon": ledger.epsilon(), "delta": ledger.cfg.delta}
+            metrics = {k: v for k, v in home.items() if k in DP_TRAIN_METRICS}
         shared, private = full[: theta.size], full[theta.size :]
         update = (shared - theta).astype(np.float32)  # the site's progress this round
         return RoundResult(
@@ -209,6 +211,7 @@ class LocalSite:
             ledger.history if ledger is not None else [],
             np.stack(scalars).astype(np.float32),
             float(self.step_cfg.spsa.c),
+            home,
         )
 
     def train_from(

@@ -55,7 +55,7 @@ class RoundAggregator:
         self.theta = np.asarray(theta, np.float32)
         self.train_cfg = cfg = train_cfg or FedTrainConfig()
         self.aggregation, self.trim, self.malicious = aggregation, trim, malicious
-        self.equal_weights = equal_weights  # central DP: its noise assumes an unweighted mean
+        self.equal_weights = equal_weights  # central DP (see apply_round)
         if aggregation in SCALAR_AGGREGATIONS and not (
             cfg.upload == "seeds" and cfg.shared_perturbations
         ):
@@ -140,13 +140,17 @@ class RoundAggregator:
             metrics["upload-bytes"] = sum(a.nbytes for a in up.arrays.values())
             self.site_train[up.site] = metrics
             updates.append(update)
-            weights.append(1.0 if self.equal_weights else float(metrics["num-examples"]))
+            weights.append(float(metrics.get("num-examples", 0)))
             if self.aggregation in SCALAR_AGGREGATIONS:
                 scalars.append(unpack_scalars(up.arrays["scalars"].tobytes()))
         if len(updates) < self.min_updates:
             if updates:
                 self._too_few(uploads, failed)
             return False
+        if self.equal_weights or not all(w > 0 for w in weights):
+            # central DP's noise assumes an unweighted mean; a DP site does not say how many
+            # cases it trains on (contract.DP_TRAIN_METRICS): then every site counts once
+            weights = [1.0] * len(updates)
         if self.aggregation in SCALAR_AGGREGATIONS:
             combined = self._consensus_update(server_round, scalars)
         else:

@@ -98,12 +98,17 @@ def start_shared_fm(fm, sites: list[str], folder: Path) -> SharedFMService:
     return SharedFMService(server, specs, config.metering)  # type: ignore[arg-type]
 
 
-def site_counts(rounds_json: Path) -> dict[str, int]:
+def site_counts(rounds_json: Path) -> dict[str, int | None]:
     """The FM images each site reported over a run (train and evaluate, every round), from the
-    coordinator's ``rounds.json``: what the service's metering must add up to."""
-    counts: dict[str, int] = {}
+    coordinator's ``rounds.json``: what the service's metering must add up to. None for a site
+    that did not report them (under DP its training count stays home)."""
+    counts: dict[str, int | None] = {}
     for entry in json.loads(rounds_json.read_text())["history"]:
         for phase in ("train", "evaluate"):
             for site, metrics in (entry.get(phase) or {}).items():
-                counts[site] = counts.get(site, 0) + int(metrics.get("fm-queries", 0))
+                known = counts.get(site, 0)
+                if known is None or "fm-queries" not in metrics:
+                    counts[site] = None
+                else:
+                    counts[site] = known + int(metrics["fm-queries"])
     return counts

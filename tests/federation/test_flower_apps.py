@@ -22,7 +22,7 @@ from baps_fed.federation.aggregation import (
 )
 from baps_fed.federation.audit import audit_run
 from baps_fed.federation.checkpoint import load_checkpoint
-from baps_fed.federation.contract import FedTrainConfig, initial_theta
+from baps_fed.federation.contract import DP_TRAIN_METRICS, FedTrainConfig, initial_theta
 from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.server_optimizer import ServerOptConfig, ServerOptimizer
 from baps_fed.fm.tiny import save_tiny_weights
@@ -256,7 +256,8 @@ def test_a_site_past_its_privacy_budget_declines_and_the_others_go_on(
         assert any("privacy-budget-spent" in f and "declined" in f for f in entry["failures"])
     eps = [entry["train"]["b"]["epsilon"] for entry in state.history]
     assert 0 < eps[0] < eps[1]  # privacy spent grows round by round, reported by the site
-    assert "train-loss" not in state.history[0]["train"]["b"]  # not privatised: stays home
+    # not privatised: its loss, size, FM images and time stay home
+    assert set(state.history[0]["train"]["b"]) == DP_TRAIN_METRICS | {"upload-bytes"}
     report = (tmp_path / "run" / "report.md").read_text()
     assert f"| b | {eps[1]:.2f} | 1e-05 | 2 |" in report
     for reply in grid.replies:
@@ -277,6 +278,24 @@ def test_a_site_past_its_privacy_budget_declines_and_the_others_go_on(
     site_lines = [ln for ln in caplog.messages if "privacy-budget-spent" in ln]
     assert site_lines and all("declines round" in ln for ln in site_lines)
     assert "Traceback" not in caplog.text
+
+
+def test_under_dp_a_site_sends_only_what_the_accountant_covers(fed_setup, tmp_path):
+    """A DP site's train reply once carried its training-set size, its FM image count (the sum
+    of its secret Poisson batch sizes) and its time: none is covered by the epsilon it books.
+    Now it sends its step count and privacy spent, and the coordinator counts each site once."""
+    grid, context = fed_setup(1, tmp_path / "run", dp=True)
+    state = run_rounds(grid, context)
+    updates = {}
+    for reply in grid.replies:
+        if "arrays" in reply.content:
+            assert set(reply.content["metrics"]) == DP_TRAIN_METRICS
+            updates[reply.content["site"]["name"]] = reply.content["arrays"]["update"].numpy()
+    assert set(updates) == {"a", "b"}  # 16 and 24 cases: weighing by size would differ
+    theta0 = initial_theta(FedTrainConfig.from_flat(context.run_config))
+    np.testing.assert_allclose(state.theta, theta0 + (updates["a"] + updates["b"]) / 2, atol=1e-6)
+    rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())["history"]
+    assert set(rounds[0]["train"]["a"]) == DP_TRAIN_METRICS | {"upload-bytes"}
 
 
 def test_seed_and_scalar_uploads_give_the_dense_run_bit_for_bit(fed_setup, tmp_path):

@@ -190,6 +190,12 @@ def test_an_evaluate_reply_with_any_upload_is_refused(kind):
         check_outgoing(reply, "evaluate", _shape(kind))
 
 
+def test_a_dp_train_reply_with_its_step_and_privacy_spent_passes():
+    reply = _reply(_arrays("dense"))
+    reply["metrics"] = MetricRecord({"spsa-step": 4, "epsilon": 0.5, "delta": 1e-5})
+    check_outgoing(reply, "train", _shape("dense"))
+
+
 # -- refused: metrics, site, records, message types --------------------------------------------
 
 
@@ -205,6 +211,10 @@ def test_an_evaluate_reply_with_any_upload_is_refused(kind):
         ("evaluate", {"num-examples": 5, "dice": [0.7, 0.1, 0.9]}, "one number"),
         ("train", {"num-examples": [4, 4], "train-loss": 0.3}, "one number"),
         ("train", {"num-examples": 2, "epsilon": [0.5, 1.5]}, "one number"),
+        # a DP reply (it books epsilon): nothing its accountant does not cover
+        ("train", {"spsa-step": 4, "epsilon": 0.5, "fm-queries": 36}, "fm-queries would"),
+        ("train", {"spsa-step": 4, "epsilon": 0.5, "num-examples": 20}, "reveal the site's"),
+        ("train", {"spsa-step": 4, "epsilon": 0.5, "seconds": 1.5}, "secret batches"),
     ],
 )
 def test_metrics_off_the_allow_list_or_not_one_number_are_refused(kind, metrics, message):

@@ -3,6 +3,7 @@ the same decoder as each site running its own copy of the FM."""
 
 from __future__ import annotations
 
+import json
 import stat
 
 import numpy as np
@@ -17,7 +18,8 @@ from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.service.client import GrpcFM
 from baps_fed.fm.service.errors import FMAuthError
 from baps_fed.fm.torch_fm import TorchSamFM
-from baps_fed.launch.shared_fm import start_shared_fm
+from baps_fed.launch.shared_fm import site_counts, start_shared_fm
+from sites.worker import train_line
 
 SITES = [SiteSpec(f"hospital-{c}", "fundus", n=14, seed=i) for i, c in enumerate("abc")]
 RUN = FedTrainConfig(local_steps=1, batch_size=2, sp_avg=1, prompt="box", private_head="box")
@@ -88,3 +90,21 @@ def test_fm_tokens_writes_one_private_token_per_hospital_and_never_overwrites(tm
     assert main(["fm", "tokens", "--out", str(tmp_path / "x"), "../evil"]) == 2
     assert "use letters, digits" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_site_counts_add_each_sites_reports_and_know_when_dp_kept_them_home(tmp_path):
+    rounds = tmp_path / "rounds.json"
+    history = [
+        {"train": {"a": {"fm-queries": 16}, "b": {"spsa-step": 0, "epsilon": 0.4}},
+         "evaluate": {"a": {"fm-queries": 8}, "b": {"fm-queries": 8}}},
+        {"train": {"a": {"fm-queries": 16}}, "evaluate": {"a": {"fm-queries": 8}}},
+    ]  # fmt: skip
+    rounds.write_text(json.dumps({"history": history}))
+    assert site_counts(rounds) == {"a": 48, "b": None}  # b: a DP site sends no train count
+
+
+def test_a_dp_sites_terminal_line_says_what_stayed_home():
+    line = train_line({"spsa-step": 4, "epsilon": 0.52, "delta": 1e-5})
+    assert line.startswith("epsilon 0.52 (delta 1e-05)") and "not sent (DP" in line
+    plain = train_line({"seconds": 2.0, "fm-queries": 16, "train-loss": 0.25})
+    assert plain == "2.0 s, 16 FM queries, loss 0.2500"
