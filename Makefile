@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: simulate test test-all lint
+.PHONY: simulate test test-slow test-all lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ simulate: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the tests `make test` leaves out (real-process restarts, LiteMedSAM's device check, ...)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''

@@ -25,6 +25,7 @@ from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExec
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 
 from baps_fed.launch.flower_cli import TOKEN_DIR_ENV
+from baps_fed.launch.processes import become_subreaper
 
 
 class TokenFileExecutor(SubprocessExecutor):
@@ -68,6 +69,8 @@ def main() -> None:
     folder = Path(os.environ[TOKEN_DIR_ENV])
     if folder.stat().st_mode & 0o077:
         raise SystemExit(f"{folder}: the token folder must be private (mode 0700)")
+    # its tasks' orphans stay its children, so stopping it (by PID, with its tree) ends them
+    become_subreaper()
     # Flower 1.42 picks its executor in run_superexec by this name; ours keeps argv clean
     flower_run_superexec.get_executor = lambda *args, **kwargs: TokenFileExecutor(folder)
     flower_superexec()

@@ -25,6 +25,7 @@ import psutil
 from baps_fed.launch.private_files import PRIVATE_UMASK, open_private_log
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def die_with_parent() -> None:
@@ -33,6 +34,16 @@ def die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def become_subreaper() -> None:
+    """Linux: what this process's descendants leave behind when their own parent exits (Ray's
+    workers outlive ``flwr-simulation`` by seconds) is re-parented to this process instead of
+    init, so it stays in the tree ``ProcessGroup.stop`` ends by PID."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 def child_options() -> dict:

@@ -33,8 +33,14 @@ def test_weights_are_small_and_say_how_they_were_made():
 
 
 @pytest.fixture(scope="module")
-def home_dice(tiny):
-    return evaluate_fm(tiny, general_dataset(96, seed0=30_000_000), prompt_seed=3).dice.mean()
+def home():
+    """96 scenes of the FM's home domain (drawn once: the point and box checks share them)."""
+    return general_dataset(96, seed0=30_000_000)
+
+
+@pytest.fixture(scope="module")
+def home_dice(tiny, home):
+    return evaluate_fm(tiny, home, prompt_seed=3).dice.mean()
 
 
 def test_home_domain_is_segmented_well(home_dice):
@@ -54,12 +60,11 @@ def test_same_query_same_logits(tiny):
     np.testing.assert_array_equal(tiny.segment(images, points), tiny.segment(images, points))
 
 
-def test_box_answers_are_good_at_home(tiny):
+def test_box_answers_are_good_at_home(tiny, home):
     """The box stage (simulations/results/pretrain_tiny_fm_boxes.log) taught the two box-corner
     embeddings to the frozen FM: boxes drawn from the mask segment the home domain well."""
     tight = PromptConfig(kind="box", box=BoxConfig(protocol="tight"))
-    ds = general_dataset(96, seed0=30_000_000)
-    assert evaluate_fm(tiny, ds, prompt_seed=3, prompting=tight).dice.mean() >= BOX_HOME_DICE
+    assert evaluate_fm(tiny, home, prompt_seed=3, prompting=tight).dice.mean() >= BOX_HOME_DICE
 
 
 def test_point_answers_never_read_the_box_embeddings():

@@ -154,6 +154,10 @@ def test_tls_node_auth_two_rounds_and_an_unregistered_node_is_refused(tmp_path, 
             assert PATIENT.encode() not in path.read_bytes(), path
 
 
+# A real SIGKILL mid-round, a minute of real processes: slow (`make test-all`, .ci/run). The
+# default suite checks the same on the coordinator's logic in-process (test_flower_apps.py:
+# test_a_silent_site_is_skipped_and_the_run_goes_on, test_failures_name_the_site_even_when_...).
+@pytest.mark.slow
 def test_a_killed_site_does_not_stop_the_run(tmp_path, fm_spec):
     port = free_port()
     with _processes() as group:

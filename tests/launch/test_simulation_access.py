@@ -86,7 +86,8 @@ def test_simulate_superlink_answers_this_account_only(tmp_path, small_sam):
         assert "--token" not in cmdline and found["token"] not in " ".join(cmdline)
     for path in [out, *out.rglob("*")]:  # the run folder and all in it: this account's only
         assert _private(path), f"{path}: mode {stat.S_IMODE(path.stat().st_mode):o}"
-    assert not any(_alive(pid) for pid in seen)  # the run stopped all it started
+    left = {pid: " ".join(args)[:200] for pid, args in seen.items() if _alive(pid)}
+    assert not left, left  # the run stopped all it started
 
 
 def _alive(pid: int) -> bool:
