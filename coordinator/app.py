@@ -191,6 +191,7 @@ def run_rounds(grid: Grid, context: Context) -> CoordinatorState:
                 "seconds": time.perf_counter() - t0,
                 "train": aggregator.site_train,
                 "evaluate": strategy.site_evaluate,
+                "aggregated": arrays is not None,
                 "aggregate": dict(train_metrics) if train_metrics is not None else {},
                 "failures": aggregator.failures,
             }
@@ -228,7 +229,8 @@ def main(grid: Grid, context: Context) -> None:
         raise RunRefused(
             f"the run failed: no site trained in any of its {state.round} rounds {why}"
         )
-    if not any(e["aggregate"] for e in state.history):  # never min-sites usable updates
+    # never min-sites usable updates ("aggregate" for a run folder of an older version)
+    if not any(e.get("aggregated", e["aggregate"]) for e in state.history):
         raise RunRefused(
             f"the run failed: none of its {state.round} rounds had the {cfg.min_sites} usable "
             f"updates min-sites asks for, so the global decoder never changed {why}"

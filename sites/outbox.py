@@ -88,7 +88,8 @@ def check_outgoing(content: RecordDict, message_type: str, upload: int | UploadS
     if "metrics" not in content:
         raise OutboxViolation(f"{kind} reply without its metrics record")
     _check_metrics(content["metrics"], TRAIN_METRICS if kind == "train" else EVALUATE_METRICS)
-    if kind == "train" and "epsilon" in content["metrics"]:
+    # a DP run's, and any reply that books epsilon
+    if kind == "train" and (_shape(upload).dp or "epsilon" in content["metrics"]):
         _check_dp_metrics(content["metrics"])
     if "site" in content:
         _check_site(content["site"])

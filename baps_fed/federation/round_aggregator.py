@@ -140,17 +140,19 @@ class RoundAggregator:
             metrics["upload-bytes"] = sum(a.nbytes for a in up.arrays.values())
             self.site_train[up.site] = metrics
             updates.append(update)
-            weights.append(float(metrics.get("num-examples", 0)))
+            weights.append(metrics.get("num-examples"))
             if self.aggregation in SCALAR_AGGREGATIONS:
                 scalars.append(unpack_scalars(up.arrays["scalars"].tobytes()))
         if len(updates) < self.min_updates:
             if updates:
                 self._too_few(uploads, failed)
             return False
-        if self.equal_weights or not all(w > 0 for w in weights):
-            # central DP's noise assumes an unweighted mean; a DP site does not say how many
-            # cases it trains on (contract.DP_TRAIN_METRICS): then every site counts once
+        if self.equal_weights or all(w is None for w in weights):
+            # central DP's noise assumes an unweighted mean; DP sites do not say how many
+            # cases they train on (contract.DP_TRAIN_METRICS): then every site counts once
             weights = [1.0] * len(updates)
+        else:  # every site says (Flower's reply check refuses a round that mixes)
+            weights = [float(w) for w in weights]
         if self.aggregation in SCALAR_AGGREGATIONS:
             combined = self._consensus_update(server_round, scalars)
         else:

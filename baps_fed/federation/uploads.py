@@ -29,18 +29,21 @@ ARRAY_NAME: dict[str, str] = {"dense": "update", "seeds": "scalars", "model": "t
 
 @dataclass(frozen=True)
 class UploadShape:
-    """The one array a train reply may carry: its record key, exact length and dtype."""
+    """The one array a train reply may carry: its record key, exact length and dtype; and
+    whether the run is DP (its metrics then limited to ``contract.DP_TRAIN_METRICS``)."""
 
     name: str
     size: int
     dtype: str
+    dp: bool = False
 
 
 def upload_shape(cfg: FedTrainConfig, n_params: int) -> UploadShape:
     """This run's upload: anything of another name, length or dtype could carry an image."""
     if cfg.upload == "seeds":
-        return UploadShape("scalars", scalar_bytes(cfg.local_steps, cfg.sp_avg), "uint8")
-    return UploadShape(ARRAY_NAME[cfg.upload], n_params, "float32")
+        size, dtype = scalar_bytes(cfg.local_steps, cfg.sp_avg), "uint8"
+        return UploadShape("scalars", size, dtype, cfg.dp)
+    return UploadShape(ARRAY_NAME[cfg.upload], n_params, "float32", cfg.dp)
 
 
 def encode_upload(

@@ -27,6 +27,7 @@ from baps_fed.federation.coordinator_config import CoordinatorConfig
 from baps_fed.federation.server_optimizer import ServerOptConfig, ServerOptimizer
 from baps_fed.fm.tiny import save_tiny_weights
 from coordinator.app import RunRefused, run_rounds
+from coordinator.app import main as coordinator_main
 from sites.app import app as client_app
 from sites.outbox import OutboxViolation, check_outgoing
 from tests.conftest import SMALL_ARCH
@@ -296,6 +297,9 @@ def test_under_dp_a_site_sends_only_what_the_accountant_covers(fed_setup, tmp_pa
     np.testing.assert_allclose(state.theta, theta0 + (updates["a"] + updates["b"]) / 2, atol=1e-6)
     rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())["history"]
     assert set(rounds[0]["train"]["a"]) == DP_TRAIN_METRICS | {"upload-bytes"}
+    # and the ServerApp calls it a success (it once read "no training metrics" as "never
+    # aggregated" and refused every DP run)
+    coordinator_main(*fed_setup(2, tmp_path / "run", dp=True, resume=True))
 
 
 def test_seed_and_scalar_uploads_give_the_dense_run_bit_for_bit(fed_setup, tmp_path):

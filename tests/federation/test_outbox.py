@@ -5,6 +5,8 @@ train-loss, an unknown metric, an extra site field and an unknown record.)"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -194,6 +196,15 @@ def test_a_dp_train_reply_with_its_step_and_privacy_spent_passes():
     reply = _reply(_arrays("dense"))
     reply["metrics"] = MetricRecord({"spsa-step": 4, "epsilon": 0.5, "delta": 1e-5})
     check_outgoing(reply, "train", _shape("dense"))
+
+
+def test_a_dp_runs_train_reply_is_held_to_it_even_without_epsilon():
+    reply = _reply(_arrays("dense"))
+    reply["metrics"] = MetricRecord({"spsa-step": 4, "num-examples": 20})
+    check_outgoing(reply, "train", _shape("dense"))  # not a DP run: the usual allow-list
+    dp_run = replace(_shape("dense"), dp=True)
+    with pytest.raises(OutboxViolation, match="num-examples would reveal"):
+        check_outgoing(reply, "train", dp_run)
 
 
 # -- refused: metrics, site, records, message types --------------------------------------------
