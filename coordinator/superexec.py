@@ -33,6 +33,7 @@ class TokenFileExecutor(SubprocessExecutor):
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.running: set[int] = set()  # its tasks' PIDs, until each has ended
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
         path = self.folder / f"task-{spec.task_id}-{secrets.token_hex(4)}.token"
@@ -56,23 +57,25 @@ class TokenFileExecutor(SubprocessExecutor):
             args.append("--allow-runtime-dependency-installation")
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         proc = subprocess.Popen(args, **(quiet if spec.suppress_output else {}))
-        threading.Thread(target=_remove_when_ended, args=(proc, path), daemon=True).start()
+        self.running.add(proc.pid)
+        threading.Thread(target=self._remove_when_ended, args=(proc, path), daemon=True).start()
         return LaunchResult.accepted()
 
-
-def _remove_when_ended(proc: subprocess.Popen, path: Path) -> None:
-    proc.wait()
-    path.unlink(missing_ok=True)
+    def _remove_when_ended(self, proc: subprocess.Popen, path: Path) -> None:
+        proc.wait()
+        self.running.discard(proc.pid)
+        path.unlink(missing_ok=True)
 
 
 def main() -> None:
     folder = Path(os.environ[TOKEN_DIR_ENV])
     if folder.stat().st_mode & 0o077:
         raise SystemExit(f"{folder}: the token folder must be private (mode 0700)")
+    executor = TokenFileExecutor(folder)
     # its tasks' orphans stay its children, so stopping it (by PID, with its tree) ends them
-    become_subreaper()
+    become_subreaper(own=lambda: set(executor.running))
     # Flower 1.42 picks its executor in run_superexec by this name; ours keeps argv clean
-    flower_run_superexec.get_executor = lambda *args, **kwargs: TokenFileExecutor(folder)
+    flower_run_superexec.get_executor = lambda *args, **kwargs: executor
     flower_superexec()
 
 

@@ -15,9 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import psutil
@@ -36,14 +37,33 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def become_subreaper() -> None:
+def become_subreaper(own: Callable[[], Collection[int]], every_s: float = 5.0) -> None:
     """Linux: what this process's descendants leave behind when their own parent exits (Ray's
     workers outlive ``flwr-simulation`` by seconds) is re-parented to this process instead of
-    init, so it stays in the tree ``ProcessGroup.stop`` ends by PID."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+    init, so it stays in the tree ``ProcessGroup.stop`` ends by PID. A thread collects those
+    orphans once they end (init's job), never a child in ``own()``: its Popen waits for it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    threading.Thread(target=_reap_adopted, args=(own, every_s), daemon=True).start()
+
+
+def _reap_adopted(own: Callable[[], Collection[int]], every_s: float) -> None:
+    me = psutil.Process()
+    while True:
+        for child in me.children():
+            try:
+                ended = child.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                continue
+            if ended and child.pid not in own():
+                try:
+                    os.waitpid(child.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        time.sleep(every_s)
 
 
 def child_options() -> dict:

@@ -20,7 +20,7 @@ LAUNCHER = """
 import pathlib, subprocess, sys, time
 from baps_fed.launch.processes import become_subreaper
 if sys.argv[1] == "subreaper":
-    become_subreaper()
+    become_subreaper(own=set, every_s=0.2)
 task = "import subprocess, sys; quiet = subprocess.DEVNULL; p = subprocess.Popen("
 task += "[sys.executable, '-c', 'import time; time.sleep(120)'], stdout=quiet, stderr=quiet)"
 task += "; print(p.pid)"
@@ -58,6 +58,20 @@ def test_a_subreapers_orphans_are_stopped_with_it(tmp_path):
         orphan.wait(timeout=5)  # raises if it is still running
     finally:
         _kill(orphan)
+        group.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_an_adopted_orphan_that_ends_is_collected_not_left_a_zombie(tmp_path):
+    group, orphan = _orphan_of("subreaper", tmp_path)
+    pid = orphan.pid
+    try:
+        orphan.kill()
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(pid):
+            assert time.monotonic() < deadline, f"{pid}: {psutil.Process(pid).status()}"
+            time.sleep(0.1)
+    finally:
         group.stop()
 
 
