@@ -37,6 +37,8 @@ def _cmd_privacy_audit(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"privacy-audit-{dt.datetime.now():%Y%m%d-%H%M%S}"
     if (out / "privacy_audit.json").exists() and not args.overwrite:
         raise ValueError(f"{out} already holds an audit: give another --out, or --overwrite")
+    if args.pool:
+        return _pool(args, out)
     header = [
         f"`baps-fed privacy-audit`: scenario {args.scenario}, FM {args.fm}, seed {args.seed}."
     ]
@@ -63,6 +65,18 @@ def _cmd_privacy_audit(args: argparse.Namespace) -> int:
             cfg, fm, args.fm, done=lambda m: write_report(out, header, m, canaries)
         )
     path = write_report(out, header, membership, canaries)
+    print(path.read_text())
+    print(f"report: {path}")
+    return 0
+
+
+def _pool(args: argparse.Namespace, out: Path) -> int:
+    from baps_fed.privacy_audit.pooled import load_membership, pool_membership
+    from baps_fed.privacy_audit.report import write_report
+
+    membership = pool_membership([load_membership(run) for run in args.pool], args.bootstrap)
+    runs = " ".join(str(run) for run in args.pool)
+    path = write_report(out, [f"`baps-fed privacy-audit --pool {runs}`."], membership, None)
     print(path.read_text())
     print(f"report: {path}")
     return 0
@@ -117,4 +131,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="the audit's own draws: member halves, prompts, shadow halves, canaries",
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--pool", type=Path, nargs="+", default=None, metavar="RUN",
+        help="instead of running: pool the membership results of these finished audits (the "
+        "same scenario and settings, each with its own --seed) into one report in --out",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_privacy_audit)

@@ -12,7 +12,7 @@ the model the attacker rebuilt (``views``): FM query access, nothing more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -38,6 +38,9 @@ class SitePool:
     data: SegmentationDataset  # the candidates
     members: np.ndarray  # bool [n]: in the site's training set
     prompts: Prompts
+    # [n]: the unit of membership each candidate belongs to, "site/case" or "site/patient"
+    # (group-by): what a pooled audit resamples (pooled.py)
+    units: list[str] = field(default_factory=list)
 
     @cached_property
     def images(self) -> np.ndarray:
@@ -75,7 +78,8 @@ def site_pool(
             "the membership audit needs at least two members and two non-members: give it more "
             "cases (n, or more images in the folder)"
         )
-    return SitePool(spec, chosen, members, sample_prompts(list(chosen), seed, prompting))
+    units = [f"{spec.name}/{g}" for g in groups]
+    return SitePool(spec, chosen, members, sample_prompts(list(chosen), seed, prompting), units)
 
 
 def candidate_losses(

@@ -44,7 +44,7 @@ def membership_lines(m: dict) -> list[str]:
         f"steps ({m['releases']} releases per site), {m['shadows']} shadow sites per site; "
         f"DP: Poisson rate {m['dp_sample_rate']}, clip {m['dp_clip']}, delta {m['delta']:g}. "
         "Values with their 95 % bootstrap intervals; with n non-members an FPR under 1/n is "
-        'read as "above every non-member".',
+        'read as "above every non-member".' + _pooled(m),
         "",
         "| setting | noise multiplier | accountant epsilon | upload | attack | AUC | "
         "TPR at 1 % FPR | TPR at 0.1 % FPR |",
@@ -65,6 +65,17 @@ def membership_lines(m: dict) -> list[str]:
             f"- {st['setting']}: {st['fm_images']} FM images, {st['seconds']:.0f} s wall{cpu}"
         )
     return lines
+
+
+def _pooled(m: dict) -> str:
+    if "pooled" not in m:
+        return ""
+    return (
+        f" Pooled from {m['pooled']} audits, each with its own seed (member halves, shadows, "
+        f"noise): every candidate scored {m['pooled']} times, the counts above summed over "
+        "them; the intervals resample candidates (a case, or a patient with group-by) with all "
+        "their scores."
+    )
 
 
 def canary_lines(rows: list[dict]) -> list[str]:

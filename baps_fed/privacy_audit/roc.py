@@ -9,6 +9,7 @@ resamples members and non-members separately (the audit fixes how many of each t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,8 +89,13 @@ def score_attack(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    units: np.ndarray | None = None,
 ) -> AttackScore:
-    """AUC, TPR at 1 % and 0.1 % FPR, each with a percentile-bootstrap interval."""
+    """AUC, TPR at 1 % and 0.1 % FPR, each with a percentile-bootstrap interval.
+
+    ``units`` (pooled audits: one candidate scored in several runs, a member in some): the
+    bootstrap draws units, each with all its scores, since one unit's scores are not
+    independent of each other."""
     pos, neg = _split(scores, members)
     rng = np.random.default_rng(seed)
     stats = {"auc": auc, "tpr1": lambda s, m: tpr_at_fpr(s, m, 0.01)}
@@ -97,10 +103,9 @@ def score_attack(
     flags = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
     point = {k: f(np.concatenate([pos, neg]), flags) for k, f in stats.items()}
     draws: dict[str, list[float]] = {k: [] for k in stats}
-    for _ in range(resamples):
-        s = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+    for s, m in _resamples(scores, members, units, resamples, rng, pos, neg, flags):
         for k, f in stats.items():
-            draws[k].append(f(s, flags))
+            draws[k].append(f(s, m))
     tail = (1 - level) / 2 * 100
 
     def estimate(k: str) -> Estimate:
@@ -108,3 +113,30 @@ def score_attack(
         return Estimate(point[k], float(lo), float(hi))
 
     return AttackScore(estimate("auc"), estimate("tpr1"), estimate("tpr01"), pos.size, neg.size)
+
+
+def _resamples(
+    scores: np.ndarray,
+    members: np.ndarray,
+    units: np.ndarray | None,
+    n: int,
+    rng: np.random.Generator,
+    pos: np.ndarray,
+    neg: np.ndarray,
+    flags: np.ndarray,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(scores, member flags) of each bootstrap draw."""
+    if units is None:  # members and non-members apart: the audit fixes how many of each
+        for _ in range(n):
+            yield np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]), flags
+        return
+    scores, members = np.asarray(scores, np.float64), np.asarray(members, bool)
+    names, index = np.unique(np.asarray(units), return_inverse=True)
+    rows = [np.flatnonzero(index == u) for u in range(names.size)]
+    done = 0
+    while done < n:
+        pick = np.concatenate([rows[u] for u in rng.integers(0, names.size, names.size)])
+        if members[pick].all() or not members[pick].any():
+            continue  # a draw without both kinds scores nothing (rare with a real audit)
+        done += 1
+        yield scores[pick], members[pick]

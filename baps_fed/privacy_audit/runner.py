@@ -139,7 +139,7 @@ def audit_setting(
         for kind in UPLOAD_VIEWS:
             target = _losses(kind, site.record, train, models, fm, pool)
             refs = [_losses(kind, r, train, models, fm, pool) for r in shadows]
-            losses[kind].append((target, np.array(refs).reshape(len(halves), -1)))
+            losses[kind].append((target, np.array(refs).reshape(len(halves), target.size)))
         log(f"  {label}: site {pool.spec.name} done ({time.perf_counter() - t0:.0f} s)")
     members = np.concatenate([p.members for p in s.pools])
     site_of = np.concatenate([np.full(len(p.data), i) for i, p in enumerate(s.pools)])
@@ -156,7 +156,10 @@ def audit_setting(
             # the curve as counts: false positives among non-members, true among members
             fp = np.rint(fpr * (~members).sum()).astype(int).tolist()
             roc = {"fp": fp, "tp": np.rint(tpr * members.sum()).astype(int).tolist()}
-            attacks.append({"upload": kind, "attack": attack, **result.to_dict(), "roc": roc})
+            attacks.append(
+                {"upload": kind, "attack": attack, **result.to_dict(), "roc": roc,
+                 "scores": sc.tolist()}  # per candidate: what a pooled audit joins
+            )  # fmt: skip
     return {
         "setting": label,
         "epsilon": epsilon,
@@ -166,6 +169,8 @@ def audit_setting(
         "cpu_seconds": time.process_time() - cpu0,  # this process's, on a shared machine
         "fm_images": fm.meter.images - queries0,
         "attacks": attacks,
+        "members": members.astype(int).tolist(),
+        "units": [u for p in s.pools for u in p.units],
     }
 
 

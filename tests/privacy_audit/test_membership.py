@@ -16,6 +16,7 @@ from baps_fed.fm.sam_batched import BatchedSam
 from baps_fed.fm.torch_fm import TorchSamFM
 from baps_fed.privacy_audit.candidates import site_pool
 from baps_fed.privacy_audit.membership import loss_attack, reference_attack
+from baps_fed.privacy_audit.roc import auc
 from baps_fed.privacy_audit.site_runs import RecordingSite, run_shadow, run_target, shadow_halves
 from baps_fed.privacy_audit.views import AttackerModels, dense_view, seeds_view
 
@@ -115,3 +116,36 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, flags, message):
     code = main(["privacy-audit", "--part", "membership", "--out", str(tmp_path), *flags])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_two_audits_with_their_own_seeds_pool_into_one(tmp_path, capsys):
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(SCENARIO)
+    runs = []
+    for seed in (0, 1):
+        runs.append(tmp_path / f"audit-{seed}")
+        args = ["privacy-audit", "--scenario", str(scenario), "--epsilons", "off"]
+        args += ["--shadows", "0", "--part", "membership", "--bootstrap", "20"]
+        assert main([*args, "--seed", str(seed), "--out", str(runs[-1])]) == 0
+    out = tmp_path / "pooled"
+    assert main(["privacy-audit", "--pool", *map(str, runs), "--out", str(out)]) == 0
+    pooled = json.loads((out / "privacy_audit.json").read_text())["membership"]
+    one = [json.loads((r / "privacy_audit.json").read_text())["membership"] for r in runs]
+    assert pooled["pooled"] == 2 and pooled["sites"][0]["members"] == 12
+    (setting,) = pooled["settings"]
+    for k, row in enumerate(setting["attacks"]):
+        scores = sum((o["settings"][0]["attacks"][k]["scores"] for o in one), [])
+        members = sum((o["settings"][0]["members"] for o in one), [])
+        assert row["members"] == 12 and row["non_members"] == 12
+        assert row["auc"]["value"] == pytest.approx(auc(np.array(scores), np.array(members, bool)))
+    assert "Pooled from 2 audits" in (out / "privacy_audit.md").read_text()
+    # a third audit of other settings is refused, naming what differs
+    other = tmp_path / "other"
+    args = ["privacy-audit", "--scenario", str(scenario), "--epsilons", "off", "--shadows", "0"]
+    assert main([*args, "--part", "membership", "--rounds", "2", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert (
+        main(["privacy-audit", "--pool", str(runs[0]), str(other), "--out", str(tmp_path / "x")])
+        == 2
+    )
+    assert "differs from audit 1 in rounds" in capsys.readouterr().err

@@ -54,3 +54,20 @@ def test_an_attack_needs_both_classes_and_finite_scores():
         auc(np.arange(3.0), np.ones(3, bool))
     with pytest.raises(ValueError, match="finite"):
         auc(np.array([np.nan, 1.0]), np.array([True, False]))
+
+
+def test_the_unit_bootstrap_does_not_count_a_candidates_repeated_scores_as_new_evidence():
+    """300 candidates each scored twice with the same score: the pool holds no more evidence
+    than one run, so resampling candidates keeps one run's width; resampling scores as if they
+    were independent would shrink it by about sqrt(2)."""
+    rng = np.random.default_rng(1)
+    scores, members = rng.normal(size=300), np.arange(300) < 150
+    one = score_attack(scores, members, resamples=400)
+    twice, flags = np.tile(scores, 2), np.tile(members, 2)
+    naive = score_attack(twice, flags, resamples=400)
+    by_unit = score_attack(twice, flags, resamples=400, units=np.tile(np.arange(300), 2))
+    width = {k: r.auc.high - r.auc.low for k, r in (("one", one), ("naive", naive),
+                                                     ("unit", by_unit))}  # fmt: skip
+    assert width["unit"] == pytest.approx(width["one"], rel=0.25)
+    assert width["naive"] < 0.85 * width["unit"]
+    assert by_unit.auc.value == one.auc.value  # the point estimate is the pool's own AUC
