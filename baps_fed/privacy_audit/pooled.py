@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from baps_fed.privacy_audit.roc import roc_curve, score_attack
+from baps_fed.privacy_audit.roc import roc_counts, score_attack
 
 # what must agree between runs for their scores to be pooled
 SAME = ("rounds", "local_steps", "releases", "dp_sample_rate", "dp_clip", "delta", "shadows")
@@ -58,13 +58,9 @@ def pool_membership(runs: list[dict], resamples: int = 1000, seed: int = 0) -> d
         for k, a in enumerate(st["attacks"]):
             scores = np.concatenate([np.asarray(t["attacks"][k]["scores"]) for t in these])
             result = score_attack(scores, members, resamples, seed=seed, units=units)
-            fpr, tpr = roc_curve(scores, members)
-            roc = {
-                "fp": np.rint(fpr * (~members).sum()).astype(int).tolist(),
-                "tp": np.rint(tpr * members.sum()).astype(int).tolist(),
-            }
             attacks.append({"upload": a["upload"], "attack": a["attack"], **result.to_dict(),
-                            "roc": roc, "scores": scores.tolist()})  # fmt: skip
+                            "roc": roc_counts(scores, members),
+                            "scores": scores.tolist()})  # fmt: skip
         settings.append(
             {
                 **{k: st[k] for k in ("setting", "epsilon", "noise_multiplier")},

@@ -47,6 +47,17 @@ def roc_curve(scores: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, np.n
     return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])
 
 
+def roc_counts(scores: np.ndarray, members: np.ndarray) -> dict[str, list[int]]:
+    """The ROC curve as counts, as the report stores it: false positives among non-members
+    (``fp``) and true positives among members (``tp``) at every threshold."""
+    fpr, tpr = roc_curve(scores, members)
+    m = np.asarray(members, bool)
+    return {
+        "fp": np.rint(fpr * (~m).sum()).astype(int).tolist(),
+        "tp": np.rint(tpr * m.sum()).astype(int).tolist(),
+    }
+
+
 def tpr_at_fpr(scores: np.ndarray, members: np.ndarray, fpr: float) -> float:
     """The highest TPR of a threshold whose FPR is at most ``fpr``."""
     fprs, tprs = roc_curve(scores, members)

@@ -26,7 +26,7 @@ from baps_fed.method.dp import DPConfig, PrivacyLedger, noise_for_epsilon
 from baps_fed.privacy_audit.canary_audit import CanaryConfig, run_canary_audit
 from baps_fed.privacy_audit.candidates import SitePool, candidate_losses, site_pool
 from baps_fed.privacy_audit.membership import loss_attack, reference_attack
-from baps_fed.privacy_audit.roc import roc_curve, score_attack
+from baps_fed.privacy_audit.roc import roc_counts, score_attack
 from baps_fed.privacy_audit.site_runs import (
     RecordingSite,
     SiteRecord,
@@ -151,13 +151,10 @@ def audit_setting(
             refs = np.concatenate([r for _, r in losses[kind]], axis=1)
             scores["reference"] = reference_attack(target, refs, np.concatenate(shadow_in, 1))
         for attack, sc in scores.items():
-            fpr, tpr = roc_curve(sc, members)
             result = score_attack(sc, members, cfg.bootstrap, seed=cfg.seed)
-            # the curve as counts: false positives among non-members, true among members
-            fp = np.rint(fpr * (~members).sum()).astype(int).tolist()
-            roc = {"fp": fp, "tp": np.rint(tpr * members.sum()).astype(int).tolist()}
             attacks.append(
-                {"upload": kind, "attack": attack, **result.to_dict(), "roc": roc,
+                {"upload": kind, "attack": attack, **result.to_dict(),
+                 "roc": roc_counts(sc, members),
                  "scores": sc.tolist()}  # per candidate: what a pooled audit joins
             )  # fmt: skip
     return {
